@@ -1,0 +1,36 @@
+# Two commands on a fresh machine:  `make book`  (build the executed book)  and  `make test`.
+PYTHON ?= python3
+export TQDM_DISABLE := 1
+export MPLBACKEND := agg
+# Data for the image chapters: $LIDVAE_DATA, else ../shared/data when it exists (the project's machines).
+ifeq ($(origin LIDVAE_DATA), undefined)
+ifneq ($(wildcard ../shared/data),)
+export LIDVAE_DATA := $(abspath ../shared/data)
+endif
+endif
+
+.PHONY: install book test unit pairs clean
+
+.make/installed: requirements.txt pyproject.toml
+	$(PYTHON) -m pip install -q torch==2.13.0
+	$(PYTHON) -m pip install -q -r requirements.txt
+	$(PYTHON) -m ipykernel install --user --name python3 >/dev/null
+	mkdir -p .make && touch $@
+
+install: .make/installed
+
+book: install
+	jupyter-book build --all -W -n --keep-going .
+
+test: book
+	$(PYTHON) -m pytest tests book --nbval-lax --nbval-current-env --nbval-cell-timeout=900
+
+unit: install
+	$(PYTHON) -m pytest tests
+
+# Regenerate every chapter's .ipynb from its MyST .md (keeps cell ids; never the other way round).
+pairs:
+	jupytext --to ipynb --update book/[0-9]*.md
+
+clean:
+	jupyter-book clean --all .

@@ -1,0 +1,22 @@
+"""lidvae_mini: posterior collapse and latent variable (non-)identifiability, in small tested pieces.
+
+Companion package of the *lidvae-book* (Wang, Blei & Cunningham, "Posterior Collapse and Latent
+Variable Non-identifiability", NeurIPS 2021). One concept per module:
+
+=====================  =====================================================================
+``collapse``           Theorem 1 on exact posteriors (enumeration, conjugate Gaussian)
+``ppca``               probabilistic PCA: ML estimate, exact posterior, NumPyro models
+``gmm``                two-component GMM: EM, likelihood in the weight, NumPyro models
+``gmvae``              the GMVAE's two likelihood maximizers (paper Sec. 2.2)
+``hmc``                NUTS runs with R-hat / ESS diagnostics (NumPyro + ArviZ)
+``data``               data directory, shipped official inputs, loaders
+``provenance``         metrics.json and run environment
+``reproduce``          ``python -m lidvae_mini.reproduce CHAPTER -p key=value``
+=====================  =====================================================================
+"""
+import os as _os
+
+# JAX grabs 75% of a GPU at start-up; the book mixes JAX (NumPyro) and torch in one kernel.
+_os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
+
+__version__ = "0.1.0"

@@ -1,0 +1,91 @@
+"""Provenance: metrics.json written by chapters, and the environment of a run.
+
+Every number in the book should be traceable to a commit, parameters, device and seed. Chapters
+call :func:`save_metrics` at the end; ``python -m lidvae_mini.reproduce`` records the rest.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import platform
+import subprocess
+import sys
+from importlib import metadata
+from pathlib import Path
+
+import numpy as np
+
+METRICS_FILE = "metrics.json"
+TRACKED_PACKAGES = ("lidvae-mini", "numpy", "scipy", "jax", "jaxlib", "numpyro", "arviz", "torch",
+                    "matplotlib", "papermill", "jupyter-book")
+
+
+def _plain(obj):
+    """Convert NumPy/JAX scalars and arrays to JSON-ready Python objects; NaN/inf become None."""
+    if isinstance(obj, dict):
+        return {str(k): _plain(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_plain(v) for v in obj]
+    if hasattr(obj, "tolist") and not isinstance(obj, (str, bytes)):
+        return _plain(obj.tolist())
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None
+    if isinstance(obj, (np.floating,)):
+        return _plain(float(obj))
+    return obj
+
+
+def save_metrics(metrics: dict, out_dir: str | os.PathLike | None) -> Path | None:
+    """Write ``metrics`` to ``out_dir/metrics.json`` (sorted keys, arrays as lists).
+
+    Returns the path, or ``None`` when ``out_dir`` is ``None`` (a chapter run interactively).
+    """
+    if out_dir is None:
+        return None
+    path = Path(out_dir) / METRICS_FILE
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(_plain(metrics), indent=2, sort_keys=True) + "\n")
+    return path
+
+
+def git_commit(repo: str | os.PathLike | None = None) -> dict:
+    """``{"commit": sha or None, "dirty": bool or None}`` of the git checkout holding ``repo``."""
+    cwd = Path(repo or Path(__file__).resolve().parent)
+    try:
+        sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=cwd, capture_output=True, text=True,
+                             check=True).stdout.strip()
+        dirty = bool(subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=cwd,
+                                    capture_output=True, text=True, check=True).stdout.strip())
+        return {"commit": sha, "dirty": dirty}
+    except (OSError, subprocess.CalledProcessError):
+        return {"commit": None, "dirty": None}
+
+
+def device_info() -> dict:
+    """CPU model and count, and the accelerators torch and JAX can see (if installed)."""
+    info = {"machine": platform.machine(), "processor": platform.processor() or platform.machine(),
+            "cpu_count": os.cpu_count()}
+    try:
+        import torch
+        info["torch_cuda"] = [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())]
+    except ImportError:
+        pass
+    try:
+        import jax
+        info["jax_devices"] = [str(d) for d in jax.devices()]
+    except ImportError:
+        pass
+    return info
+
+
+def environment_info(repo: str | os.PathLike | None = None) -> dict:
+    """Commit, Python and package versions, platform and devices, as a JSON-ready dict."""
+    versions = {}
+    for name in TRACKED_PACKAGES:
+        try:
+            versions[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            versions[name] = None
+    return {"git": git_commit(repo), "python": sys.version.split()[0], "platform": platform.platform(),
+            "packages": versions, "device": device_info()}

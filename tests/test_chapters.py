@@ -1,0 +1,80 @@
+"""Chapter hygiene: paired .md/.ipynb in sync and output-free, one parameters cell, the Colab cell, the toc."""
+from __future__ import annotations
+
+import re
+
+import jupytext
+import nbformat
+import pytest
+import yaml
+
+import lidvae_mini
+from conftest import BOOK, ROOT, chapter_sources, toc_files
+
+CHAPTERS = chapter_sources()
+IDS = [p.stem for p in CHAPTERS]
+
+
+def _cells(nb):
+    return [(c.cell_type, c.source.strip(), sorted(c.metadata.get("tags", []))) for c in nb.cells]
+
+
+def test_there_are_chapters():
+    assert len(CHAPTERS) >= 4, CHAPTERS
+
+
+@pytest.mark.parametrize("md", CHAPTERS, ids=IDS)
+def test_pair_in_sync_and_output_free(md):
+    ipynb = md.with_suffix(".ipynb")
+    assert ipynb.exists(), f"{ipynb.name} missing: run `make pairs` and commit it"
+    source, committed = jupytext.read(md), nbformat.read(ipynb, as_version=4)
+    assert _cells(source) == _cells(committed), f"{ipynb.name} drifted from {md.name}: run `make pairs`"
+    for cell in committed.cells:
+        if cell.cell_type == "code":
+            assert cell.outputs == [] and cell.execution_count is None, f"{ipynb.name} carries outputs"
+    assert committed.metadata["kernelspec"]["name"] == "python3"
+
+
+@pytest.mark.parametrize("md", CHAPTERS, ids=IDS)
+def test_exactly_one_parameters_cell_with_out_dir(md):
+    nb = jupytext.read(md)
+    params = [c for c in nb.cells if "parameters" in c.metadata.get("tags", [])]
+    assert len(params) == 1, f"{md.name}: {len(params)} parameters cells"
+    names = set(re.findall(r"^(\w+)\s*=", params[0].source, flags=re.M))
+    assert {"seed", "out_dir"} <= names, f"{md.name}: parameters cell lacks seed/out_dir ({names})"
+
+
+@pytest.mark.parametrize("md", CHAPTERS, ids=IDS)
+def test_colab_cell_is_hidden_and_pinned_to_this_release(md):
+    repo = yaml.safe_load((ROOT / "_config.yml").read_text())["repository"]["url"]
+    first_code = next(c for c in jupytext.read(md).cells if c.cell_type == "code")
+    assert "remove-cell" in first_code.metadata.get("tags", []), f"{md.name}: first code cell must be hidden"
+    assert '"google.colab" in sys.modules' in first_code.source
+    pin = f"{repo.replace('https://', 'git+https://')}@v{lidvae_mini.__version__}"
+    assert pin in first_code.source, f"{md.name}: Colab install must be pinned to {pin}"
+
+
+def test_toc_lists_every_page_and_only_existing_ones():
+    listed = set(toc_files())
+    pages = {f"book/{p.stem}" for p in BOOK.glob("*.md")}
+    assert listed == pages, f"in toc only: {listed - pages}; on disk only: {pages - listed}"
+
+
+def test_jupyter_book_pinned_below_2_and_errors_raise():
+    reqs = (ROOT / "requirements.txt").read_text()
+    version = re.search(r"^jupyter-book==(\S+)", reqs, flags=re.M).group(1)
+    assert int(version.split(".")[0]) < 2
+    config = yaml.safe_load((ROOT / "_config.yml").read_text())
+    assert config["execute"]["raise_on_error"] is True
+    assert "sphinx-mathjax-offline" in config["sphinx"]["extra_extensions"]
+    assert config["launch_buttons"]["colab_url"].startswith("https://colab.research.google.com")
+
+
+@pytest.mark.parametrize("md", CHAPTERS, ids=IDS)
+def test_full_scale_parameter_file_uses_known_names(md):
+    from lidvae_mini.reproduce import chapter_parameters
+
+    known = chapter_parameters(md.with_suffix(".ipynb"))
+    for f in sorted((BOOK / "params" / md.stem).glob("*.yaml")):
+        unknown = set(yaml.safe_load(f.read_text()) or {}) - set(known)
+        assert not unknown, f"{f}: unknown parameters {unknown}"

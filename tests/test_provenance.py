@@ -1,0 +1,22 @@
+"""metrics.json writing and the environment record."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+
+from lidvae_mini.provenance import environment_info, save_metrics
+
+
+def test_save_metrics_converts_arrays_and_non_finite(tmp_path):
+    path = save_metrics({"sd": np.array([0.5, 1.0]), "kl": np.float32(0.25), "bad": float("nan"),
+                         "nested": {1: (np.int64(3),)}}, tmp_path / "out")
+    assert json.loads(path.read_text()) == {"sd": [0.5, 1.0], "kl": 0.25, "bad": None, "nested": {"1": [3]}}
+    assert save_metrics({"a": 1}, None) is None
+
+
+def test_environment_records_commit_versions_and_device():
+    env = environment_info()
+    assert set(env) == {"git", "python", "platform", "packages", "device"}
+    assert env["packages"]["numpy"] == np.__version__
+    assert env["device"]["cpu_count"] >= 1
