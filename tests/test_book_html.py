@@ -58,7 +58,7 @@ def test_page_renders_math_figures_and_no_errors(page, server, tmp_path):
     assert "Traceback (most recent call last)" not in dom and 'class="output traceback' not in dom, \
         f"{page}: an execution error is shown"
     if page in CHAPTERS:
-        images = re.findall(r'<img[^>]+src="([^"]+\.png)"', dom)
+        images = re.findall(r'<img[^>]+src="([^"]*_images/[^"]+\.png)"', dom)
         assert images, f"{page}: no figure in the executed chapter"
         for src in images:
             url = f"{server}/book/{src}" if not src.startswith(("http", "/")) else src
