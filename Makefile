@@ -1,7 +1,6 @@
 # Two commands on a fresh machine:  `make book`  (build the executed book)  and  `make test`.
 PYTHON ?= python3
 export TQDM_DISABLE := 1
-export MPLBACKEND := agg
 # Data for the image chapters: $LIDVAE_DATA, else ../shared/data when it exists (the project's machines).
 ifeq ($(origin LIDVAE_DATA), undefined)
 ifneq ($(wildcard ../shared/data),)
