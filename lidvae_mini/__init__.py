@@ -9,6 +9,13 @@ Variable Non-identifiability", NeurIPS 2021). One concept per module:
 ``gmm``                two-component GMM: EM, likelihood in the weight, NumPyro models
 ``gmvae``              the GMVAE's two likelihood maximizers (paper Sec. 2.2)
 ``hmc``                NUTS runs with R-hat / ESS diagnostics (NumPyro + ArviZ)
+``icnn``               input-convex neural networks (paper Eq. 6), strongly convex option
+``brenier``            Brenier maps: gradients of ICNNs, their inverse and Jacobian
+``decoders``           the injective decoder g2(beta^T g1(z)) (Definition 3) and the MLP decoder
+``encoders``           Gaussian MLP and conditional RealNVP posteriors q(z|x)
+``vae``                VAE, beta-VAE and LIDVAE sharing one ELBO
+``train``              one ELBO training loop: checkpoint/resume, NaN guard, evaluation
+``metrics``            AU, KL, MI, importance-weighted log-likelihood, cluster accuracy
 ``data``               data directory, shipped official inputs, loaders
 ``provenance``         metrics.json and run environment
 ``reproduce``          ``python -m lidvae_mini.reproduce CHAPTER -p key=value``

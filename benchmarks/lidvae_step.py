@@ -1,0 +1,175 @@
+"""Time and peak memory of one LIDVAE training step against a classical VAE of equal decoder size.
+
+    python benchmarks/lidvae_step.py [--reps 10] [--device cpu|cuda|all] [--out FILE.json]
+
+One step = forward and backward of the batch-mean negative ELBO (1 reparameterised sample, analytic KL)
+of a Gaussian MLP encoder (784-512-512-2K, ReLU) and a Bernoulli decoder, batch 100, D = 784, K = 64
+(issue 3, Sec. 6). Decoders compared side by side:
+
+- ``mlp``: :class:`~lidvae_mini.decoders.MLPDecoder` with two equal hidden layers, width chosen by
+  :func:`~lidvae_mini.decoders.matched_mlp_hidden` so its parameter count is within 10% of the LIDVAE one;
+- ``lidvae-explicit``: :class:`~lidvae_mini.decoders.InjectiveDecoder` with the ICNN gradient written out
+  (:meth:`ICNN.gradient`, one ordinary backward pass; the package default);
+- ``lidvae-autograd``: the same decoder with ``grad_mode="autograd"`` (``autograd.grad(create_graph=True)``,
+  double backward, as the official code).
+
+Time: median over ``--reps`` steps after 2 warm-up steps, the configurations interleaved step by step so
+that a busy machine slows them alike. Memory, on every device: the distinct storages autograd saves for
+the backward pass (parameters excluded; ``torch.autograd.graph.saved_tensors_hooks``), i.e. the
+activation memory held from forward to backward. On CUDA also the peak ``torch.cuda.max_memory_allocated``
+over one step above the memory allocated before it. (On CPU, tracemalloc does not see torch's allocations
+and the process's peak RSS is dominated by start-up, so neither is used.)
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import time
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from lidvae_mini.decoders import InjectiveDecoder, MLPDecoder, count_parameters, matched_mlp_hidden
+
+B, D, K = 100, 784, 64
+ENC_HIDDEN = (512, 512)
+LID_HIDDEN1, LID_HIDDEN2 = (256, 256), (512, 512)
+CONFIGS = ("mlp", "lidvae-explicit", "lidvae-autograd")
+
+
+class GaussianEncoder(nn.Module):
+    """q(z|x) = N(mu(x), diag exp(logvar(x))) from an MLP."""
+
+    def __init__(self):
+        super().__init__()
+        self.net = nn.Sequential(nn.Linear(D, ENC_HIDDEN[0]), nn.ReLU(), nn.Linear(*ENC_HIDDEN), nn.ReLU(),
+                                 nn.Linear(ENC_HIDDEN[1], 2 * K))
+
+    def forward(self, x):
+        mu, logvar = self.net(x).chunk(2, dim=-1)
+        return mu, logvar.clamp(-15, 10)
+
+
+def build(config: str, device: str, seed: int = 0):
+    torch.manual_seed(seed)
+    lid = InjectiveDecoder(K, D, LID_HIDDEN1, LID_HIDDEN2, head="bernoulli")
+    if config == "mlp":
+        dec = MLPDecoder(K, D, matched_mlp_hidden(lid, K, D), head="bernoulli")
+    else:
+        dec = lid
+        if config == "lidvae-autograd":
+            dec.g1.grad_mode = dec.g2.grad_mode = "autograd"
+    enc = GaussianEncoder()
+    x = (torch.rand(B, D) > 0.5).float()
+    return enc.to(device), dec.to(device), x.to(device)
+
+
+def step(enc, dec, x) -> float:
+    enc.zero_grad(set_to_none=True)
+    dec.zero_grad(set_to_none=True)
+    mu, logvar = enc(x)
+    z = mu + (0.5 * logvar).exp() * torch.randn_like(mu)
+    kl = 0.5 * (mu.square() + logvar.exp() - logvar - 1).sum(-1)
+    loss = (kl - dec.log_prob(x, z)).mean()
+    loss.backward()
+    return float(loss.detach())
+
+
+def sync(device: str) -> None:
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+
+
+def time_configs(device: str, reps: int) -> dict:
+    models = {c: build(c, device) for c in CONFIGS}
+    times = {c: [] for c in CONFIGS}
+    for _ in range(2):
+        for c in CONFIGS:
+            step(*models[c])
+    for _ in range(reps):
+        for c in CONFIGS:
+            sync(device)
+            t0 = time.perf_counter()
+            step(*models[c])
+            sync(device)
+            times[c].append(1e3 * (time.perf_counter() - t0))
+    return {c: {"ms_median": statistics.median(t), "ms_min": min(t), "reps": len(t),
+                "decoder_params": count_parameters(models[c][1])} for c, t in times.items()}
+
+
+def cuda_peak_mib(config: str) -> float:
+    enc, dec, x = build(config, "cuda")
+    step(enc, dec, x)
+    torch.cuda.synchronize()
+    torch.cuda.reset_peak_memory_stats()
+    base = torch.cuda.memory_allocated()
+    step(enc, dec, x)
+    torch.cuda.synchronize()
+    return (torch.cuda.max_memory_allocated() - base) / 2**20
+
+
+def saved_tensor_mib(config: str, device: str = "cpu") -> float:
+    """MiB of distinct storages that autograd saves for the backward pass of one step (parameters
+    excluded): the activation memory held from forward to backward, the part that differs between
+    decoders. Measured with ``torch.autograd.graph.saved_tensors_hooks``."""
+    enc, dec, x = build(config, device)
+    params = {p.untyped_storage().data_ptr() for m in (enc, dec) for p in m.parameters()}
+    seen: dict[int, int] = {}
+
+    def pack(t):
+        st = t.untyped_storage()
+        if st.data_ptr() not in params:
+            seen[st.data_ptr()] = max(seen.get(st.data_ptr(), 0), st.nbytes())
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        step(enc, dec, x)
+    return sum(seen.values()) / 2**20
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--reps", type=int, default=10, help="timed steps per configuration (default 10)")
+    parser.add_argument("--device", choices=("cpu", "cuda", "all"), default="all",
+                        help="cpu, cuda, or all available (default)")
+    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
+    parser.add_argument("--out", help="write the numbers and the environment as JSON here")
+    args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    devices = ["cpu"] if args.device == "cpu" else ["cuda"] if args.device == "cuda" else \
+        ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+    results = {}
+    for dev in devices:
+        res = time_configs(dev, args.reps)
+        for c in CONFIGS:
+            res[c]["saved_mib"] = saved_tensor_mib(c, dev)
+            res[c]["peak_mib"] = cuda_peak_mib(c) if dev == "cuda" else None
+            res[c]["ratio_vs_mlp"] = res[c]["ms_median"] / res["mlp"]["ms_median"]
+            res[c]["saved_ratio_vs_mlp"] = res[c]["saved_mib"] / res["mlp"]["saved_mib"]
+        results[dev] = res
+        name = torch.cuda.get_device_name(0) if dev == "cuda" else f"CPU, {torch.get_num_threads()} threads"
+        print(f"\n### {dev} ({name}); batch {B}, D = {D}, K = {K}\n")
+        print("| decoder | decoder params | ms/step (median) | time ratio vs MLP | saved-for-backward MiB "
+              "| memory ratio |" + (" CUDA peak MiB (one step) |" if dev == "cuda" else ""))
+        print("|---|---|---|---|---|---|" + ("---|" if dev == "cuda" else ""))
+        for c in CONFIGS:
+            r = res[c]
+            print(f"| {c} | {r['decoder_params']:,} | {r['ms_median']:.1f} | {r['ratio_vs_mlp']:.2f} | "
+                  f"{r['saved_mib']:.1f} | {r['saved_ratio_vs_mlp']:.2f} |"
+                  + (f" {r['peak_mib']:.1f} |" if dev == "cuda" else ""))
+    if args.out:
+        from lidvae_mini.provenance import environment_info
+
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.out).write_text(json.dumps({
+            "setup": {"batch": B, "D": D, "K": K, "encoder_hidden": ENC_HIDDEN, "lid_hidden1": LID_HIDDEN1,
+                      "lid_hidden2": LID_HIDDEN2, "likelihood": "bernoulli", "reps": args.reps,
+                      "step": "forward + backward of the batch-mean negative ELBO, 1 sample"},
+            "results": results, "environment": environment_info()}, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,266 @@
+"""Decoders p(x | z): the injective LIDVAE decoder (paper Definition 3) and the classical MLP decoder.
+
+LIDVAE (Wang, Blei & Cunningham 2021, Sec. 3.1, Eq. 7):
+
+.. math::
+
+    x \\mid z \\sim \\mathrm{EF}\\big(x \\mid \\eta(z)\\big),\\qquad
+    \\eta(z) = g_2\\big(\\beta^\\top g_1(z)\\big),
+
+with :math:`g_1 = \\nabla\\psi_1: \\mathbb{R}^K\\to\\mathbb{R}^K`, :math:`g_2 = \\nabla\\psi_2: \\mathbb{R}^D\\to\\mathbb{R}^D`
+Brenier maps (:class:`~lidvae_mini.brenier.BrenierMap`, strongly monotone with constant ``alpha``) and
+:math:`\\beta` a **fixed** zero-one ``K x D`` matrix with ones on the main diagonal (full rank ``K``; a
+buffer, never trained). Hence :math:`z \\mapsto \\eta(z)` is injective and, for the heads whose parameters
+identify the distribution, so is :math:`z \\mapsto p(\\cdot\\mid z)` (Proposition 2):
+:math:`\\lVert\\eta(z)-\\eta(z')\\rVert \\ge \\alpha^2\\lVert z-z'\\rVert`.
+
+Heads (``forward`` returns the likelihood parameters, shape ``(B, D)``):
+
+- ``"bernoulli"``: logits; ``x`` binary ``(B, D)``; independent Bernoulli over ``D``.
+- ``"gaussian"``: mean; per-dimension scale, learned (``exp`` of a parameter, initialised at 1) or fixed
+  (``fixed_scale``); independent Normal over ``D``.
+- ``"categorical"``: logits over ``D`` categories; ``x`` integer class ids ``(B,)``. Caveat: logits are
+  identified only up to an additive constant, so injectivity of :math:`\\eta` gives injectivity of the
+  distribution only if no two :math:`\\eta(z)` differ by a multiple of the all-ones vector (not enforced).
+
+``log_prob(x, z)`` returns log p(x | z) in **nats per datapoint**, shape ``(B,)`` (summed over ``D``).
+"""
+from __future__ import annotations
+
+import torch
+from torch import nn
+from torch import distributions as td
+
+from ._checks import check_choice, check_int, check_positive
+from .brenier import BrenierMap
+from .icnn import _hidden_tuple, check_batch
+
+HEADS = ("bernoulli", "gaussian", "categorical")
+
+
+def count_parameters(module: nn.Module, trainable_only: bool = True) -> int:
+    """Number of scalar parameters of ``module`` (only those with ``requires_grad`` by default)."""
+    return sum(p.numel() for p in module.parameters() if p.requires_grad or not trainable_only)
+
+
+class _LikelihoodHead(nn.Module):
+    """Shared head logic: scale parameter, distribution, input checks and ``log_prob``."""
+
+    def _init_head(self, D: int, head: str, learn_scale: bool, fixed_scale) -> None:
+        self.head = check_choice(head, "head", HEADS)
+        self.learn_scale = False
+        if head == "gaussian":
+            if fixed_scale is not None:
+                self.register_buffer("fixed_scale", torch.full((D,), check_positive(fixed_scale, "fixed_scale")))
+                self.log_scale = None
+            elif learn_scale:
+                self.learn_scale = True
+                self.log_scale = nn.Parameter(torch.zeros(D))
+            else:
+                self.register_buffer("fixed_scale", torch.ones(D))
+                self.log_scale = None
+        elif fixed_scale is not None:
+            raise ValueError(f"fixed_scale applies to the gaussian head only, not {head!r}")
+
+    def scale(self) -> torch.Tensor:
+        """Per-dimension standard deviation of the Gaussian head, shape ``(D,)``."""
+        if self.head != "gaussian":
+            raise ValueError(f"the {self.head!r} head has no scale")
+        return self.log_scale.exp() if self.log_scale is not None else self.fixed_scale
+
+    def distribution(self, z: torch.Tensor) -> td.Distribution:
+        """p(x | z) as a :mod:`torch.distributions` object with batch shape ``(B,)``.
+
+        ``Independent(Bernoulli(logits), 1)``, ``Independent(Normal(mean, scale), 1)`` or
+        ``Categorical(logits)``: its ``log_prob`` gives nats per datapoint, shape ``(B,)``.
+        """
+        eta = self(z)
+        if self.head == "bernoulli":
+            return td.Independent(td.Bernoulli(logits=eta, validate_args=False), 1)
+        if self.head == "gaussian":
+            return td.Independent(td.Normal(eta, self.scale().expand_as(eta), validate_args=False), 1)
+        return td.Categorical(logits=eta, validate_args=False)
+
+    def check_data(self, x: torch.Tensor, batch: int | None = None) -> torch.Tensor:
+        """Validate observations ``x`` for this head (see :meth:`log_prob`); returns ``x`` unchanged."""
+        if not isinstance(x, torch.Tensor):
+            raise TypeError(f"x must be a torch.Tensor, got {type(x).__name__}")
+        D = self.data_dim
+        if self.head == "categorical":
+            if x.ndim != 1 or (batch is not None and x.shape[0] != batch):
+                raise ValueError(f"x must hold one class id per datapoint, shape ({batch or 'B'},), "
+                                 f"got {tuple(x.shape)}")
+            if torch.is_floating_point(x):
+                if not bool(torch.isfinite(x).all()):
+                    raise ValueError("x contains NaN or infinite values")
+                if not bool((x == x.round()).all()):
+                    raise ValueError("x must hold integer class ids for the categorical head")
+            elif x.dtype == torch.bool or torch.is_complex(x):
+                raise TypeError(f"x must hold integer class ids, got dtype {x.dtype}")
+            if x.numel() and (int(x.min()) < 0 or int(x.max()) >= D):
+                raise ValueError(f"class ids must lie in [0, {D - 1}], got range "
+                                 f"[{int(x.min())}, {int(x.max())}]")
+            return x
+        if x.ndim != 2 or x.shape[1] != D or (batch is not None and x.shape[0] != batch):
+            raise ValueError(f"x must have shape ({batch or 'B'}, {D}), got {tuple(x.shape)}")
+        if not (torch.is_floating_point(x) or x.dtype in (torch.bool, torch.uint8, torch.int8, torch.int16,
+                                                          torch.int32, torch.int64)):
+            raise TypeError(f"x must be a real tensor, got dtype {x.dtype}")
+        if torch.is_floating_point(x) and not bool(torch.isfinite(x).all()):
+            raise ValueError("x contains NaN or infinite values")
+        if self.head == "bernoulli" and not bool(((x == 0) | (x == 1)).all()):
+            raise ValueError("the bernoulli head needs binary data in {0, 1}; binarise x first "
+                             "(e.g. x = (x > torch.rand_like(x)).float())")
+        return x
+
+    def log_prob(self, x: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
+        """log p(x | z), shape ``(B,)``, nats per datapoint (summed over the ``D`` coordinates).
+
+        Args:
+            x: ``(B, D)`` binary (bernoulli) or real (gaussian) data, or ``(B,)`` integer class ids in
+                ``[0, D)`` (categorical).
+            z: latents ``(B, K)``.
+
+        Raises:
+            TypeError/ValueError: wrong shapes or dtypes, non-finite values, non-binary data for the
+                bernoulli head, class ids out of range or non-integer for the categorical head.
+        """
+        self.check_latent(z)
+        x = self.check_data(x, batch=z.shape[0])
+        dist = self.distribution(z)
+        like = self._param_like()
+        if self.head == "categorical":
+            return dist.log_prob(x.long())
+        return dist.log_prob(x.to(like.dtype))
+
+    def check_latent(self, z) -> torch.Tensor:
+        return check_batch(z, "z", self.latent_dim, like=self._param_like())
+
+    def _param_like(self) -> torch.Tensor:
+        return next(self.parameters())
+
+
+class InjectiveDecoder(_LikelihoodHead):
+    """LIDVAE decoder :math:`\\eta(z) = g_2(\\beta^\\top g_1(z))` (paper Definition 3, Eq. 7).
+
+    Args:
+        latent_dim: ``K``.
+        data_dim: ``D`` (``K <= D``; for ``head="categorical"`` the number of categories).
+        hidden1: ICNN hidden widths of :math:`\\psi_1` (:math:`g_1: \\mathbb{R}^K\\to\\mathbb{R}^K`).
+        hidden2: ICNN hidden widths of :math:`\\psi_2` (:math:`g_2: \\mathbb{R}^D\\to\\mathbb{R}^D`).
+        head: ``"bernoulli"``, ``"gaussian"`` or ``"categorical"``.
+        alpha: strong-monotonicity constant of both Brenier maps (default 0.1).
+        learn_scale / fixed_scale: Gaussian head only; ``fixed_scale`` (a positive float) takes precedence.
+        negative_slope, activation, grad_mode: passed to :class:`~lidvae_mini.brenier.BrenierMap`.
+
+    ``beta`` (buffer, ``(K, D)``) is ``torch.eye(K, D)``. ``forward(z)``: ``(B, K) -> (B, D)``.
+
+    Raises:
+        ValueError: ``K > D`` (no injective linear map), bad sizes or head; at call time, see
+            :meth:`log_prob`.
+    """
+
+    def __init__(self, latent_dim: int, data_dim: int, hidden1=(64, 64), hidden2=(256, 256),
+                 head: str = "bernoulli", alpha: float = 0.1, learn_scale: bool = True, fixed_scale=None,
+                 negative_slope: float = 0.2, activation: str = "leaky_relu", grad_mode: str = "explicit"):
+        super().__init__()
+        K = check_int(latent_dim, "latent_dim")
+        D = check_int(data_dim, "data_dim")
+        if K > D:
+            raise ValueError(f"latent_dim K = {K} must not exceed data_dim D = {D}: beta^T (D x K) needs full "
+                             f"column rank K for the decoder to be injective")
+        self.latent_dim, self.data_dim = K, D
+        kw = dict(alpha=alpha, negative_slope=negative_slope, activation=activation, grad_mode=grad_mode)
+        self.g1 = BrenierMap(K, hidden1, **kw)
+        self.g2 = BrenierMap(D, hidden2, **kw)
+        self.register_buffer("beta", torch.eye(K, D))
+        self._init_head(D, head, learn_scale, fixed_scale)
+
+    @property
+    def alpha(self) -> float:
+        return self.g1.alpha
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        """Likelihood parameters :math:`\\eta(z) = g_2(\\beta^\\top g_1(z))`, shape ``(B, D)``."""
+        self.check_latent(z)
+        return self.g2(self.g1(z) @ self.beta)
+
+    def injectivity_bound(self, z1: torch.Tensor, z2: torch.Tensor) -> torch.Tensor:
+        """Lower bound :math:`\\alpha_1\\alpha_2\\lVert z_1 - z_2\\rVert` on :math:`\\lVert\\eta(z_1)-\\eta(z_2)\\rVert`,
+        shape ``(B,)``.
+
+        Strong monotonicity gives :math:`\\lVert g(u)-g(v)\\rVert \\ge \\alpha\\lVert u-v\\rVert` for each map, and
+        :math:`\\beta^\\top` is an isometry (``eye(K, D)``).
+        """
+        return self.g1.alpha * self.g2.alpha * (z1 - z2).norm(dim=-1)
+
+
+class MLPDecoder(_LikelihoodHead):
+    """Classical VAE decoder :math:`\\eta(z) = f_\\theta(z)`: an MLP (paper Eq. 1), not injective in general.
+
+    Args:
+        latent_dim: ``K``; data_dim: ``D``; hidden: widths of the hidden layers (int or sequence).
+        head, learn_scale, fixed_scale: as :class:`InjectiveDecoder`.
+        activation: ``"relu"`` (default) or ``"tanh"`` between layers.
+
+    ``first_layer`` is the ``nn.Linear(K, hidden[0])`` acting on ``z``.
+    """
+
+    def __init__(self, latent_dim: int, data_dim: int, hidden=(512, 512), head: str = "bernoulli",
+                 learn_scale: bool = True, fixed_scale=None, activation: str = "relu"):
+        super().__init__()
+        self.latent_dim = check_int(latent_dim, "latent_dim")
+        self.data_dim = check_int(data_dim, "data_dim")
+        widths = (self.latent_dim,) + _hidden_tuple(hidden)
+        act = {"relu": nn.ReLU, "tanh": nn.Tanh}[check_choice(activation, "activation", ("relu", "tanh"))]
+        layers: list[nn.Module] = []
+        for a, b in zip(widths[:-1], widths[1:]):
+            layers += [nn.Linear(a, b), act()]
+        layers.append(nn.Linear(widths[-1], self.data_dim))
+        self.net = nn.Sequential(*layers)
+        self.hidden = widths[1:]
+        self._init_head(self.data_dim, head, learn_scale, fixed_scale)
+
+    @property
+    def first_layer(self) -> nn.Linear:
+        return self.net[0]
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        """Likelihood parameters :math:`f_\\theta(z)`, shape ``(B, D)``."""
+        self.check_latent(z)
+        return self.net(z)
+
+
+def mlp_parameter_count(latent_dim: int, data_dim: int, hidden, head: str = "bernoulli",
+                        learn_scale: bool = True) -> int:
+    """Parameter count of ``MLPDecoder(latent_dim, data_dim, hidden, head, learn_scale)`` (closed form)."""
+    widths = (latent_dim,) + _hidden_tuple(hidden) + (data_dim,)
+    n = sum(a * b + b for a, b in zip(widths[:-1], widths[1:]))
+    return n + (data_dim if head == "gaussian" and learn_scale else 0)
+
+
+def matched_mlp_hidden(target, latent_dim: int, data_dim: int, n_layers: int = 2, head: str = "bernoulli",
+                       learn_scale: bool = True, rtol: float = 0.1) -> tuple[int, ...]:
+    """Equal hidden widths ``(h,) * n_layers`` for an :class:`MLPDecoder` whose parameter count is closest to
+    ``target`` (an int, or a module whose :func:`count_parameters` is used, e.g. an :class:`InjectiveDecoder`).
+
+    Raises:
+        ValueError: no width brings the count within ``rtol`` (relative) of the target.
+    """
+    n_target = count_parameters(target) if isinstance(target, nn.Module) else check_int(target, "target")
+    n_layers = check_int(n_layers, "n_layers")
+
+    def count(h):
+        return mlp_parameter_count(latent_dim, data_dim, (h,) * n_layers, head, learn_scale)
+
+    lo, hi = 1, 1
+    while count(hi) < n_target:
+        hi *= 2
+    while hi - lo > 1:  # count is increasing in h: bisection
+        mid = (lo + hi) // 2
+        lo, hi = (mid, hi) if count(mid) < n_target else (lo, mid)
+    h = min((lo, hi), key=lambda w: abs(count(w) - n_target))
+    if abs(count(h) - n_target) > rtol * n_target:
+        raise ValueError(f"no MLP with {n_layers} hidden layer(s) has a parameter count within {rtol:.0%} of "
+                         f"{n_target} (closest: width {h}, {count(h)} parameters)")
+    return (h,) * n_layers
