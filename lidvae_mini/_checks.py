@@ -54,3 +54,49 @@ def check_int(value, name: str, minimum: int = 1) -> int:
     if v < minimum:
         raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
     return v
+
+
+def hidden_sizes(hidden, name: str = "hidden") -> tuple[int, ...]:
+    """``hidden`` as a non-empty tuple of positive ints (an int means one hidden layer).
+
+    Raises:
+        TypeError: not an int or a sequence of ints.
+        ValueError: empty, or an entry that is not a positive integer.
+    """
+    if isinstance(hidden, int) and not isinstance(hidden, bool):
+        hidden = (hidden,)
+    try:
+        sizes = tuple(hidden)
+    except TypeError:
+        raise TypeError(f"{name} must be an int or a sequence of ints, got {hidden!r}") from None
+    if not sizes:
+        raise ValueError(f"{name} must name at least one hidden layer")
+    return tuple(check_int(h, f"{name} entry") for h in sizes)
+
+
+def check_batch(x, dim: int, name: str = "x", like=None):
+    """Check that ``x`` is a finite floating-point ``torch.Tensor`` of shape ``(B, dim)`` and return it.
+
+    ``like`` (a parameter of the module receiving ``x``) fixes the expected dtype and device.
+
+    Raises:
+        TypeError: ``x`` is not a tensor, not floating point, or its dtype differs from ``like``'s.
+        ValueError: wrong shape, wrong device, or NaN/inf entries.
+    """
+    import torch
+
+    if not isinstance(x, torch.Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor of shape (B, {dim}), got {type(x).__name__}")
+    if not torch.is_floating_point(x):
+        raise TypeError(f"{name} must be a floating-point tensor, got dtype {x.dtype}")
+    if x.ndim != 2 or x.shape[1] != dim:
+        raise ValueError(f"{name} must have shape (B, {dim}), got {tuple(x.shape)}")
+    if like is not None:
+        if x.dtype != like.dtype:
+            raise TypeError(f"{name} has dtype {x.dtype} but the module's parameters are {like.dtype}; "
+                            f"cast one of them (e.g. x.to({like.dtype}) or module.to({x.dtype}))")
+        if x.device != like.device:
+            raise ValueError(f"{name} is on {x.device} but the module's parameters are on {like.device}")
+    if not bool(torch.isfinite(x).all()):
+        raise ValueError(f"{name} contains NaN or infinite values")
+    return x

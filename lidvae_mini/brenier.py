@@ -28,7 +28,8 @@ import torch
 from torch import nn
 
 from ._checks import check_choice, check_int, check_positive
-from .icnn import ICNN, check_batch
+from ._checks import check_batch
+from .icnn import ICNN
 
 GRAD_MODES = ("explicit", "autograd")
 
@@ -57,7 +58,7 @@ class BrenierMap(nn.Module):
 
     Raises:
         ValueError/TypeError: bad constructor arguments; inputs failing
-            :func:`lidvae_mini.icnn.check_batch` (shape ``(B, d)``, floating dtype equal to the
+            :func:`lidvae_mini._checks.check_batch` (shape ``(B, d)``, floating dtype equal to the
             parameters', same device, finite).
     """
 
@@ -92,7 +93,7 @@ class BrenierMap(nn.Module):
 
     def autograd_forward(self, u: torch.Tensor) -> torch.Tensor:
         """:math:`\\nabla_u\\psi(u)` by autograd (``create_graph`` whenever the caller records gradients)."""
-        check_batch(u, "u", self.dim, like=self.potential_net.a_out)
+        check_batch(u, self.dim, "u", like=self.potential_net.a_out)
         outer = torch.is_grad_enabled()
         with torch.enable_grad():
             v = u if (outer and u.requires_grad) else u.detach().requires_grad_(True)
@@ -131,11 +132,11 @@ class BrenierMap(nn.Module):
             InverseError: not converged (the message gives the residual, ``tol`` and ``max_iter``). With the
                 paper's leaky-ReLU layers ``g`` jumps across kinks, so a ``y`` inside a jump is not in the
                 range of ``g`` and cannot be reached.
-            ValueError/TypeError: ``y`` fails :func:`~lidvae_mini.icnn.check_batch`; bad ``tol``, ``max_iter``
+            ValueError/TypeError: ``y`` fails :func:`~lidvae_mini._checks.check_batch`; bad ``tol``, ``max_iter``
                 or ``method``.
         """
         net = self.potential_net
-        check_batch(y, "y", self.dim, like=net.a_out)
+        check_batch(y, self.dim, "y", like=net.a_out)
         tol = check_positive(tol, "tol")
         max_iter = check_int(max_iter, "max_iter")
         check_choice(method, "method", ("newton", "lbfgs"))
@@ -163,7 +164,7 @@ class BrenierMap(nn.Module):
         through): meant for small ``d`` (e.g. change-of-variables densities in 2-D). With the paper's
         leaky-ReLU layers it is the almost-everywhere Hessian (the jumps of ``g`` are not in it).
         """
-        check_batch(u, "u", self.dim, like=self.potential_net.a_out)
+        check_batch(u, self.dim, "u", like=self.potential_net.a_out)
         outer = torch.is_grad_enabled()
         with torch.enable_grad():
             v = u if (outer and u.requires_grad) else u.detach().requires_grad_(True)
@@ -359,7 +360,7 @@ def fit_brenier_flow(x, hidden=(64, 64), steps: int = 500, lr: float = 2e-2, bat
     batch = check_int(batch, "batch")
     lr = check_positive(lr, "lr")
     x = torch.as_tensor(np.asarray(x, dtype=np.float32))
-    check_batch(x, "x", x.shape[1] if x.ndim == 2 else -1)
+    check_batch(x, x.shape[1] if x.ndim == 2 else -1, "x")
     torch.manual_seed(seed)
     g = BrenierMap(x.shape[1], hidden, alpha=alpha, activation=activation)
     opt = torch.optim.Adam(g.parameters(), lr=lr)

@@ -33,7 +33,7 @@ from torch import distributions as td
 
 from ._checks import check_choice, check_int, check_positive
 from .brenier import BrenierMap
-from .icnn import _hidden_tuple, check_batch
+from ._checks import check_batch, hidden_sizes
 
 HEADS = ("bernoulli", "gaussian", "categorical")
 
@@ -134,7 +134,7 @@ class _LikelihoodHead(nn.Module):
         return dist.log_prob(x.to(like.dtype))
 
     def check_latent(self, z) -> torch.Tensor:
-        return check_batch(z, "z", self.latent_dim, like=self._param_like())
+        return check_batch(z, self.latent_dim, "z", like=self._param_like())
 
     def _param_like(self) -> torch.Tensor:
         return next(self.parameters())
@@ -211,7 +211,7 @@ class MLPDecoder(_LikelihoodHead):
         super().__init__()
         self.latent_dim = check_int(latent_dim, "latent_dim")
         self.data_dim = check_int(data_dim, "data_dim")
-        widths = (self.latent_dim,) + _hidden_tuple(hidden)
+        widths = (self.latent_dim,) + hidden_sizes(hidden)
         act = {"relu": nn.ReLU, "tanh": nn.Tanh}[check_choice(activation, "activation", ("relu", "tanh"))]
         layers: list[nn.Module] = []
         for a, b in zip(widths[:-1], widths[1:]):
@@ -234,7 +234,7 @@ class MLPDecoder(_LikelihoodHead):
 def mlp_parameter_count(latent_dim: int, data_dim: int, hidden, head: str = "bernoulli",
                         learn_scale: bool = True) -> int:
     """Parameter count of ``MLPDecoder(latent_dim, data_dim, hidden, head, learn_scale)`` (closed form)."""
-    widths = (latent_dim,) + _hidden_tuple(hidden) + (data_dim,)
+    widths = (latent_dim,) + hidden_sizes(hidden) + (data_dim,)
     n = sum(a * b + b for a, b in zip(widths[:-1], widths[1:]))
     return n + (data_dim if head == "gaussian" and learn_scale else 0)
 

@@ -30,25 +30,12 @@ import math
 import torch
 from torch import nn
 
-from ._checks import check_choice, check_int
+from ._checks import check_batch, check_choice, check_int, hidden_sizes  # check_batch re-exported for vae, mixture
 
 LOG_2PI = math.log(2.0 * math.pi)
 #: ``logvar`` is clamped to this range: variances from 3e-7 to 2.2e4 (keeps exp() finite early in training).
 LOGVAR_RANGE = (-15.0, 10.0)
 _ACTIVATIONS = {"relu": nn.ReLU, "elu": nn.ELU, "tanh": nn.Tanh, "softplus": nn.Softplus}
-
-
-def _hidden_tuple(hidden, name: str = "hidden") -> tuple[int, ...]:
-    """``hidden`` as a tuple of positive ints (an int means one hidden layer)."""
-    if isinstance(hidden, (int,)) and not isinstance(hidden, bool):
-        hidden = (hidden,)
-    try:
-        sizes = tuple(hidden)
-    except TypeError:
-        raise TypeError(f"{name} must be an int or a sequence of ints, got {hidden!r}") from None
-    if not sizes:
-        raise ValueError(f"{name} must name at least one hidden layer")
-    return tuple(check_int(h, f"{name} entry") for h in sizes)
 
 
 def mlp(in_dim: int, hidden, out_dim: int | None, activation: str = "relu") -> nn.Sequential:
@@ -59,30 +46,12 @@ def mlp(in_dim: int, hidden, out_dim: int | None, activation: str = "relu") -> n
     check_choice(activation, "activation", sorted(_ACTIVATIONS))
     layers: list[nn.Module] = []
     prev = check_int(in_dim, "in_dim")
-    for h in _hidden_tuple(hidden):
+    for h in hidden_sizes(hidden):
         layers += [nn.Linear(prev, h), _ACTIVATIONS[activation]()]
         prev = h
     if out_dim is not None:
         layers.append(nn.Linear(prev, check_int(out_dim, "out_dim")))
     return nn.Sequential(*layers)
-
-
-def check_batch(x, dim: int, name: str = "x") -> torch.Tensor:
-    """Check that ``x`` is a finite floating-point tensor of shape ``(B, dim)`` and return it.
-
-    Raises:
-        TypeError: not a ``torch.Tensor`` or not floating point.
-        ValueError: wrong rank or width, or NaN/inf entries.
-    """
-    if not isinstance(x, torch.Tensor):
-        raise TypeError(f"{name} must be a torch.Tensor, got {type(x).__name__}")
-    if not torch.is_floating_point(x):
-        raise TypeError(f"{name} must be a floating-point tensor, got dtype {x.dtype}")
-    if x.ndim != 2 or x.shape[1] != dim:
-        raise ValueError(f"{name} must have shape (batch, {dim}), got {tuple(x.shape)}")
-    if not torch.isfinite(x).all():
-        raise ValueError(f"{name} contains NaN or infinite values")
-    return x
 
 
 def _check_latent(z, batch: int, dim: int, name: str = "z") -> torch.Tensor:
@@ -214,7 +183,7 @@ class ConditionalRealNVP(nn.Module):
         self.data_dim = check_int(data_dim, "data_dim")
         self.latent_dim = check_int(latent_dim, "latent_dim")
         n_layers = check_int(n_layers, "n_layers")
-        sizes = _hidden_tuple(hidden)
+        sizes = hidden_sizes(hidden)
         self.trunk = mlp(self.data_dim, sizes, None, activation)
         self.base = nn.Linear(sizes[-1], 2 * self.latent_dim)
         idx = torch.arange(self.latent_dim)

@@ -53,44 +53,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ._checks import check_choice, check_int, check_positive
+from ._checks import check_batch, check_choice, check_int, check_positive, hidden_sizes
 
 ACTIVATIONS = ("leaky_relu", "softplus")
 _SOFTPLUS_INV_ONE = math.log(math.e - 1.0)  # softplus(x) = 1
-
-
-def check_batch(x, name: str, dim: int, like: torch.Tensor | None = None) -> torch.Tensor:
-    """Validate a batch ``x`` of shape ``(B, dim)``: a floating, finite :class:`torch.Tensor`.
-
-    ``like`` (a parameter of the module) fixes the expected dtype and device.
-
-    Raises:
-        TypeError: ``x`` is not a tensor, not floating point, or its dtype differs from ``like``'s.
-        ValueError: wrong shape, wrong device, or NaN/inf entries.
-    """
-    if not isinstance(x, torch.Tensor):
-        raise TypeError(f"{name} must be a torch.Tensor of shape (B, {dim}), got {type(x).__name__}")
-    if not torch.is_floating_point(x):
-        raise TypeError(f"{name} must be a floating-point tensor, got dtype {x.dtype}")
-    if x.ndim != 2 or x.shape[1] != dim:
-        raise ValueError(f"{name} must have shape (B, {dim}), got {tuple(x.shape)}")
-    if like is not None:
-        if x.dtype != like.dtype:
-            raise TypeError(f"{name} has dtype {x.dtype} but the module's parameters are {like.dtype}; "
-                            f"cast one of them (e.g. x.to({like.dtype}) or module.to({x.dtype}))")
-        if x.device != like.device:
-            raise ValueError(f"{name} is on {x.device} but the module's parameters are on {like.device}")
-    if not bool(torch.isfinite(x).all()):
-        raise ValueError(f"{name} contains NaN or infinite values")
-    return x
-
-
-def _hidden_tuple(hidden) -> tuple[int, ...]:
-    if isinstance(hidden, (int,)) and not isinstance(hidden, bool):
-        hidden = (hidden,)
-    if not isinstance(hidden, Sequence) or len(hidden) == 0:
-        raise ValueError(f"hidden must be a positive int or a non-empty sequence of them, got {hidden!r}")
-    return tuple(check_int(h, "hidden width") for h in hidden)
 
 
 class ICNN(nn.Module):
@@ -126,7 +92,7 @@ class ICNN(nn.Module):
                  activation: str = "leaky_relu", output_bias: bool = True, hidden_bias: bool = True):
         super().__init__()
         self.dim = check_int(dim, "dim")
-        self.hidden = _hidden_tuple(hidden)
+        self.hidden = hidden_sizes(hidden)
         self.alpha = check_positive(alpha, "alpha")
         slope = float(negative_slope)
         if not 0.0 <= slope < 1.0:
@@ -201,7 +167,7 @@ class ICNN(nn.Module):
         return 2.0 * F.softplus(s) * torch.sigmoid(s)
 
     def _check(self, u) -> torch.Tensor:
-        return check_batch(u, "u", self.dim, like=self.a_out)
+        return check_batch(u, self.dim, "u", like=self.a_out)
 
     # -- potential and its gradient --------------------------------------------------------------------
     def forward(self, u: torch.Tensor) -> torch.Tensor:

@@ -14,14 +14,7 @@ from lidvae_mini.decoders import (InjectiveDecoder, MLPDecoder, count_parameters
 HEADS = ["bernoulli", "gaussian", "categorical"]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _single_thread():
-    """Tiny tensors: one intra-op thread is faster and immune to a busy machine (restored afterwards)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
+pytestmark = pytest.mark.usefixtures("single_torch_thread")
 
 def _lid(K=3, D=7, head="bernoulli", seed=0, **kw):
     torch.manual_seed(seed)

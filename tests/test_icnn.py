@@ -11,14 +11,7 @@ from lidvae_mini.icnn import ICNN
 ACTS = ["leaky_relu", "softplus"]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _single_thread():
-    """Tiny tensors: one intra-op thread is faster and immune to a busy machine (restored afterwards)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
+pytestmark = pytest.mark.usefixtures("single_torch_thread")
 
 def _net(dim=3, hidden=(16, 16, 8), seed=0, dtype=torch.float64, **kw):
     torch.manual_seed(seed)
