@@ -1,6 +1,8 @@
 # Two commands on a fresh machine:  `make book`  (build the executed book)  and  `make test`.
 PYTHON ?= python3
 export TQDM_DISABLE := 1
+# The chapters' models are small: one intra-op thread per process avoids oversubscribing the cores.
+export OMP_NUM_THREADS ?= 1
 # Data for the image chapters: $LIDVAE_DATA, else ../shared/data when it exists (the project's machines).
 ifeq ($(origin LIDVAE_DATA), undefined)
 ifneq ($(wildcard ../shared/data),)

@@ -22,6 +22,10 @@ Variable Non-identifiability", NeurIPS 2021). One concept per module:
 =====================  =====================================================================
 """
 import os as _os
+import warnings as _warnings
+
+# NumPyro imports tqdm.auto, which warns on every kernel without ipywidgets; the book shows no progress bars.
+_warnings.filterwarnings("ignore", message="IProgress not found", module="tqdm")
 
 # JAX grabs 75% of a GPU at start-up; the book mixes JAX (NumPyro) and torch in one kernel.
 _os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
