@@ -15,6 +15,8 @@ Variable Non-identifiability", NeurIPS 2021). One concept per module:
 ``encoders``           Gaussian MLP and conditional RealNVP posteriors q(z|x)
 ``vae``                VAE, beta-VAE and LIDVAE sharing one ELBO
 ``train``              one ELBO training loop: checkpoint/resume, NaN guard, evaluation
+``mixture``            GMVAE and LIDGMVAE (paper Example 1), ELBO with the cluster summed exactly
+``baselines``          SA-VAE (Kim et al. 2018) and aggressive/lagging training (He et al. 2019)
 ``metrics``            AU, KL, MI, importance-weighted log-likelihood, cluster accuracy
 ``data``               data directory, shipped official inputs, loaders
 ``provenance``         metrics.json and run environment

@@ -79,6 +79,15 @@ def parse_overrides(pairs: list[str]) -> dict:
     return out
 
 
+def _listify(value):
+    """Tuples (fine in a parameters cell) become lists, which YAML and papermill write back faithfully."""
+    if isinstance(value, (list, tuple)):
+        return [_listify(v) for v in value]
+    if isinstance(value, dict):
+        return {k: _listify(v) for k, v in value.items()}
+    return value
+
+
 def _coerce(value, default):
     """Give an integral float the int type of its default (``-p n=1e5`` for an int ``n``)."""
     if isinstance(default, int) and not isinstance(default, bool) and isinstance(value, float) and value.is_integer():
@@ -88,7 +97,7 @@ def _coerce(value, default):
 
 def resolve_parameters(defaults: dict, files: list[str], overrides: dict, chapter: str) -> dict:
     """Defaults, then each YAML file in order, then ``overrides``; unknown names raise ``ReproduceError``."""
-    resolved = dict(defaults)
+    resolved = {k: _listify(v) for k, v in defaults.items()}
     layers = []
     for f in files:
         data = yaml.safe_load(Path(f).read_text()) or {}
@@ -101,7 +110,7 @@ def resolve_parameters(defaults: dict, files: list[str], overrides: dict, chapte
         if unknown:
             raise ReproduceError(f"unknown parameter(s) {', '.join(unknown)} for chapter {chapter} (from {origin}); "
                                  f"known: {', '.join(sorted(defaults))}")
-        resolved.update({k: _coerce(v, defaults[k]) for k, v in layer.items()})
+        resolved.update({k: _listify(_coerce(v, defaults[k])) for k, v in layer.items()})
     return resolved
 
 

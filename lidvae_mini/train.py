@@ -154,6 +154,9 @@ def evaluate(model, x, batch_size: int = 1000, n_samples: int = 1, mean_samples:
     - ``iwae_ll`` (only when ``iwae_samples > 0``): mean importance-weighted log-likelihood with that many
       samples (:func:`lidvae_mini.metrics.iwae_log_likelihood`), ``>= -neg_elbo`` on average.
 
+    ``model`` is a :class:`lidvae_mini.vae.VAE` or any model with the same protocol (``data_dim``, ``check_x``,
+    ``elbo_parts``, ``encode_mean``; ``kl_per_dim`` optional; a model with an ``iwae_log_likelihood(x, num_samples,
+    chunk)`` method, e.g. :class:`lidvae_mini.mixture.MixtureVAE`, supplies its own IWAE).
     ``x`` is an array or tensor ``(N, D)`` (binary for a Bernoulli model). With ``seed`` the draws run under
     ``torch.manual_seed(seed)`` and the caller's RNG is restored; otherwise they use the global torch RNG.
     """
@@ -166,7 +169,9 @@ def evaluate(model, x, batch_size: int = 1000, n_samples: int = 1, mean_samples:
     if not isinstance(x, torch.Tensor):
         x = _as_tensor(x, "x", getattr(model, "data_dim", None))
     x = x.to(dtype=like.dtype)
-    factorised = getattr(model.encoder, "has_analytic_kl", False)
+    # a factorised (Gaussian) encoder gives a per-dimension KL; models without ``kl_per_dim`` (the mixture VAEs of
+    # :mod:`lidvae_mini.mixture`) skip it
+    factorised = getattr(getattr(model, "encoder", None), "has_analytic_kl", False) and hasattr(model, "kl_per_dim")
     was_training = model.training
     model.eval()
     tot = {"neg_elbo": 0.0, "rec": 0.0, "kl": 0.0, "iwae_ll": 0.0}
@@ -185,7 +190,10 @@ def evaluate(model, x, batch_size: int = 1000, n_samples: int = 1, mean_samples:
                 means.append(model.encode_mean(xb, n_samples=mean_samples).cpu())
                 if factorised:
                     kl_dims.append(model.kl_per_dim(xb).sum(0).cpu())
-                if iwae_samples:
+                if iwae_samples and hasattr(model, "iwae_log_likelihood"):   # a model with its own IWAE (mixtures)
+                    ll = model.iwae_log_likelihood(xb, num_samples=iwae_samples, chunk=min(iwae_samples, 100))
+                    tot["iwae_ll"] += float(ll.sum())
+                elif iwae_samples:
                     ll = iwae_log_likelihood(model.log_joint, model.sample_posterior, xb, num_samples=iwae_samples,
                                              chunk=min(iwae_samples, 100))
                     tot["iwae_ll"] += float(ll.sum())
@@ -210,7 +218,10 @@ def fit(model, train_x, valid_x=None, *, epochs: int = 10, batch_size: int = 100
     """Fit ``model`` (a :class:`lidvae_mini.vae.VAE`) by maximising the ELBO; return the per-epoch history.
 
     Args:
-        model: a VAE (any encoder/decoder); trained in place on the device of its parameters.
+        model: a VAE (any encoder/decoder), or any model with its protocol (``data_dim``, ``check_x``,
+            ``loss(x, n_samples) -> (scalar, parts)`` with ``parts["elbo"]``, ``parts["kl"]`` of shape (B,), and
+            what :func:`evaluate` needs), e.g. :class:`lidvae_mini.mixture.MixtureVAE`; trained in place on the
+            device of its parameters.
         train_x: training data, array or tensor of shape ``(N, D)`` (images in [0, 1] when ``binarize``).
         valid_x: held-out data ``(M, D)`` evaluated every ``eval_every`` epochs (and at the last), or ``None``.
         epochs: total number of epochs (a resumed run continues up to this number).

@@ -61,6 +61,7 @@ def test_resolution_order_defaults_files_then_overrides(tmp_path):
     assert got == {"n": 20, "seed": 5, "out_dir": None}
     assert reproduce.resolve_parameters({"n": 1, "lr": 0.1}, [], {"n": 1e5, "lr": 1.0}, "x") == {"n": 100000, "lr": 1.0}
     assert type(reproduce.resolve_parameters({"n": 1}, [], {"n": 1e5}, "x")["n"]) is int
+    assert reproduce.resolve_parameters({"hidden": ((8, 8), (4,))}, [], {}, "x") == {"hidden": [[8, 8], [4]]}
 
 
 def test_unknown_chapter_and_parameter_fail_before_running(tiny_book, tmp_path):
