@@ -100,3 +100,16 @@ def check_batch(x, dim: int, name: str = "x", like=None):
     if not bool(torch.isfinite(x).all()):
         raise ValueError(f"{name} contains NaN or infinite values")
     return x
+
+
+def check_data(x, dim: int, head: str, name: str = "x", like=None):
+    """:func:`check_batch`, plus binary values (0/1) when ``head`` is ``"bernoulli"``. Returns ``x``.
+
+    Raises:
+        TypeError, ValueError: as :func:`check_batch`; ``ValueError`` for non-binary data to a Bernoulli likelihood.
+    """
+    check_batch(x, dim, name, like=like)
+    if head == "bernoulli" and not bool(((x == 0) | (x == 1)).all()):
+        raise ValueError(f"{name} must be binary (0/1) for a Bernoulli decoder; binarise it first "
+                         f"(lidvae_mini.data.images.binarize, or fit(..., binarize='dynamic'))")
+    return x

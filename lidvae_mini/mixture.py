@@ -38,9 +38,9 @@ import numpy as np
 import torch
 from torch import nn
 
-from ._checks import as_float_array, check_choice, check_int, check_positive
+from ._checks import as_float_array, check_choice, check_data, check_int, check_positive
 from .decoders import InjectiveDecoder, MLPDecoder, count_parameters, mlp_parameter_count
-from .encoders import LOG_2PI, check_batch, make_encoder, mlp
+from .encoders import LOG_2PI, make_encoder, mlp
 
 KINDS = ("gmvae", "lidgmvae", "beta_gmvae")
 SUPPORTED_HEADS = ("bernoulli", "gaussian")
@@ -141,16 +141,7 @@ class MixtureVAE(nn.Module):
             TypeError: not a floating tensor, or another dtype than the parameters.
             ValueError: wrong shape, NaN/inf, another device, non-binary data for a Bernoulli decoder.
         """
-        check_batch(x, self.data_dim, name)
-        like = self._like()
-        if x.dtype != like.dtype:
-            raise TypeError(f"{name} has dtype {x.dtype} but the model's parameters are {like.dtype}")
-        if x.device != like.device:
-            raise ValueError(f"{name} is on {x.device} but the model is on {like.device}")
-        if self.head == "bernoulli" and not bool(((x == 0) | (x == 1)).all()):
-            raise ValueError(f"{name} must be binary (0/1) for a Bernoulli decoder; binarise it first "
-                             f"(lidvae_mini.data.images.binarize, or fit(..., binarize='dynamic'))")
-        return x
+        return check_data(x, self.data_dim, self.head, name, like=self._like())
 
     # -- the pieces ------------------------------------------------------------------------------------------
     def cluster_logits(self, x: torch.Tensor) -> torch.Tensor:

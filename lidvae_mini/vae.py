@@ -22,9 +22,9 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from ._checks import check_choice, check_int, check_positive
+from ._checks import check_choice, check_data, check_int, check_positive
 from .decoders import InjectiveDecoder, MLPDecoder, count_parameters, matched_mlp_hidden
-from .encoders import check_batch, make_encoder, standard_normal_log_prob
+from .encoders import make_encoder, standard_normal_log_prob
 
 KINDS = ("vae", "lidvae", "beta_vae")
 SUPPORTED_HEADS = ("bernoulli", "gaussian")
@@ -89,16 +89,7 @@ class VAE(nn.Module):
             TypeError: not a tensor, not floating point, or another dtype than the parameters.
             ValueError: wrong shape, NaN/inf, other device, or non-binary data for a Bernoulli decoder.
         """
-        check_batch(x, self.data_dim, name)
-        like = self._like()
-        if x.dtype != like.dtype:
-            raise TypeError(f"{name} has dtype {x.dtype} but the model's parameters are {like.dtype}")
-        if x.device != like.device:
-            raise ValueError(f"{name} is on {x.device} but the model is on {like.device}")
-        if self.head == "bernoulli" and not bool(((x == 0) | (x == 1)).all()):
-            raise ValueError(f"{name} must be binary (0/1) for a Bernoulli decoder; binarise it first "
-                             f"(lidvae_mini.data.images.binarize, or fit(..., binarize='dynamic'))")
-        return x
+        return check_data(x, self.data_dim, self.head, name, like=self._like())
 
     # -- densities ------------------------------------------------------------------------------------------
     def log_prior(self, z: torch.Tensor) -> torch.Tensor:
