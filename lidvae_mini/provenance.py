@@ -50,12 +50,18 @@ def save_metrics(metrics: dict, out_dir: str | os.PathLike | None) -> Path | Non
 
 
 def git_commit(repo: str | os.PathLike | None = None) -> dict:
-    """``{"commit": sha or None, "dirty": bool or None}`` of the git checkout holding ``repo``."""
+    """``{"commit": sha or None, "dirty": bool or None}`` of the git checkout holding ``repo``.
+
+    ``dirty`` is true when ``lidvae_mini/`` or ``book/`` hold uncommitted edits or untracked files.
+    """
     cwd = Path(repo or Path(__file__).resolve().parent)
     try:
         sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=cwd, capture_output=True, text=True,
                              check=True).stdout.strip()
-        dirty = bool(subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=cwd,
+        # Untracked files in the package or the book change results as much as edits do.
+        top = subprocess.run(["git", "rev-parse", "--show-toplevel"], cwd=cwd, capture_output=True, text=True,
+                             check=True).stdout.strip()
+        dirty = bool(subprocess.run(["git", "status", "--porcelain", "--", "lidvae_mini", "book"], cwd=top,
                                     capture_output=True, text=True, check=True).stdout.strip())
         return {"commit": sha, "dirty": dirty}
     except (OSError, subprocess.CalledProcessError):

@@ -20,3 +20,19 @@ def test_environment_records_commit_versions_and_device():
     assert set(env) == {"git", "python", "platform", "packages", "device"}
     assert env["packages"]["numpy"] == np.__version__
     assert env["device"]["cpu_count"] >= 1
+
+
+def test_untracked_package_file_makes_the_tree_dirty(tmp_path):
+    import subprocess
+
+    from lidvae_mini.provenance import git_commit
+
+    run = lambda *a: subprocess.run(["git", *a], cwd=tmp_path, check=True, capture_output=True)
+    run("init", "-q")
+    (tmp_path / "lidvae_mini").mkdir()
+    (tmp_path / "lidvae_mini" / "a.py").write_text("x = 1\n")
+    run("add", "-A")
+    run("-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "init")
+    assert git_commit(tmp_path)["dirty"] is False
+    (tmp_path / "lidvae_mini" / "new.py").write_text("y = 2\n")
+    assert git_commit(tmp_path)["dirty"] is True
