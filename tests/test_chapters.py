@@ -78,3 +78,17 @@ def test_full_scale_parameter_file_uses_known_names(md):
     for f in sorted((BOOK / "params" / md.stem).glob("*.yaml")):
         unknown = set(yaml.safe_load(f.read_text()) or {}) - set(known)
         assert not unknown, f"{f}: unknown parameters {unknown}"
+
+
+@pytest.mark.parametrize("md", CHAPTERS, ids=IDS)
+def test_papermill_sees_every_parameter(md):
+    """papermill parses the parameters cell itself (--help-notebook, injection warnings): no line may defeat it."""
+    from papermill.translators import PythonTranslator
+
+    from lidvae_mini.reproduce import chapter_parameters
+
+    cell = next(c for c in nbformat.read(md.with_suffix(".ipynb"), as_version=4).cells
+                if "parameters" in c.metadata.get("tags", []))
+    seen = {p.name for p in PythonTranslator.inspect(cell)}
+    missed = set(chapter_parameters(md.with_suffix(".ipynb"))) - seen
+    assert not missed, f"{md.name}: papermill cannot parse the lines of {sorted(missed)} (avoid '=' and '<' in comments)"
