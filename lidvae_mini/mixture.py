@@ -38,9 +38,10 @@ import numpy as np
 import torch
 from torch import nn
 
-from ._checks import as_float_array, check_choice, check_data, check_int, check_positive
+from ._checks import as_float_array, check_choice, check_int, check_positive
 from .decoders import InjectiveDecoder, MLPDecoder, count_parameters, mlp_parameter_count
 from .encoders import LOG_2PI, make_encoder, mlp
+from .vae import DecoderFacts
 
 KINDS = ("gmvae", "lidgmvae", "beta_gmvae")
 SUPPORTED_HEADS = ("bernoulli", "gaussian")
@@ -56,7 +57,7 @@ def _entropy(probs: torch.Tensor) -> torch.Tensor:
     return -torch.special.xlogy(probs, probs).sum(-1)
 
 
-class MixtureVAE(nn.Module):
+class MixtureVAE(DecoderFacts, nn.Module):
     """A mixture VAE ``p(y) p(w|y) p(x|w)`` with ``q(y|x) q(w|x,y)``; ``y`` is summed exactly everywhere.
 
     Args:
@@ -118,30 +119,8 @@ class MixtureVAE(nn.Module):
     def data_dim(self) -> int:
         return self._data_dim
 
-    @property
-    def head(self) -> str:
-        return self.decoder.head
-
-    @property
-    def identifiable(self) -> bool:
-        """True when ``w -> p(x|w)`` is injective (an :class:`InjectiveDecoder`): the LIDGMVAE."""
-        return isinstance(self.decoder, InjectiveDecoder)
-
     def extra_repr(self) -> str:
         return f"num_clusters={self.num_clusters}, beta={self.beta}, identifiable={self.identifiable}"
-
-    def _like(self) -> torch.Tensor:
-        return next(self.decoder.parameters())
-
-    def check_x(self, x, name: str = "x") -> torch.Tensor:
-        """Validate a data batch: a finite floating tensor (B, D) of the model's dtype and device, binary for the
-        Bernoulli head. Returns ``x``.
-
-        Raises:
-            TypeError: not a floating tensor, or another dtype than the parameters.
-            ValueError: wrong shape, NaN/inf, another device, non-binary data for a Bernoulli decoder.
-        """
-        return check_data(x, self.data_dim, self.head, name, like=self._like())
 
     # -- the pieces ------------------------------------------------------------------------------------------
     def cluster_logits(self, x: torch.Tensor) -> torch.Tensor:

@@ -32,7 +32,36 @@ SUPPORTED_HEADS = ("bernoulli", "gaussian")
 PAPER_BETA = 0.2
 
 
-class VAE(nn.Module):
+class DecoderFacts:
+    """What a latent variable model knows from its ``decoder`` alone (shared by :class:`VAE` and
+    :class:`lidvae_mini.mixture.MixtureVAE`): the likelihood head, whether the decoder is injective in the
+    latent variable (Definition 3), and the check of a data batch. Needs ``self.decoder`` and ``self.data_dim``.
+    """
+
+    @property
+    def head(self) -> str:
+        return self.decoder.head
+
+    @property
+    def identifiable(self) -> bool:
+        """True when the decoder is injective in its latent input (an :class:`InjectiveDecoder`): LIDVAE/LIDGMVAE."""
+        return isinstance(self.decoder, InjectiveDecoder)
+
+    def _like(self) -> torch.Tensor:
+        return next(self.decoder.parameters())
+
+    def check_x(self, x, name: str = "x") -> torch.Tensor:
+        """Validate a data batch: a finite floating tensor ``(B, D)`` of the model's dtype and device; binary
+        for the Bernoulli head. Returns ``x``.
+
+        Raises:
+            TypeError: not a tensor, not floating point, or another dtype than the parameters.
+            ValueError: wrong shape, NaN/inf, other device, or non-binary data for a Bernoulli decoder.
+        """
+        return check_data(x, self.data_dim, self.head, name, like=self._like())
+
+
+class VAE(DecoderFacts, nn.Module):
     """A VAE ``p(z) p(x|z)`` with prior ``N(0, I)``, decoder ``p(x|z)`` and encoder ``q(z|x)``.
 
     Args:
@@ -66,30 +95,8 @@ class VAE(nn.Module):
     def data_dim(self) -> int:
         return self.encoder.data_dim
 
-    @property
-    def head(self) -> str:
-        return self.decoder.head
-
-    @property
-    def identifiable(self) -> bool:
-        """True when the decoder is injective in z (Definition 3), i.e. this is an LIDVAE."""
-        return isinstance(self.decoder, InjectiveDecoder)
-
     def extra_repr(self) -> str:
         return f"beta={self.beta}, identifiable={self.identifiable}"
-
-    def _like(self) -> torch.Tensor:
-        return next(self.parameters())
-
-    def check_x(self, x, name: str = "x") -> torch.Tensor:
-        """Validate a data batch: a finite floating tensor ``(B, D)`` of the model's dtype and device; binary
-        for the Bernoulli head. Returns ``x``.
-
-        Raises:
-            TypeError: not a tensor, not floating point, or another dtype than the parameters.
-            ValueError: wrong shape, NaN/inf, other device, or non-binary data for a Bernoulli decoder.
-        """
-        return check_data(x, self.data_dim, self.head, name, like=self._like())
 
     # -- densities ------------------------------------------------------------------------------------------
     def log_prior(self, z: torch.Tensor) -> torch.Tensor:
