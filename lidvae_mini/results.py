@@ -1,0 +1,202 @@
+"""Committed results: combine the runs of several seeds into one summary, and load a summary in a chapter.
+
+A full-scale run of a chapter (``python -m lidvae_mini.reproduce``) writes a run folder with ``params.yaml``,
+``metrics.json`` and ``environment.json``. A chapter that trains one seed per run is repeated over seeds, one run
+folder each; this module turns those folders into one small summary folder, committed under ``results/``::
+
+    python -m lidvae_mini.results aggregate runs/07/seed_* --out results/07_lidgmvae_pinwheel/cpu
+
+The summary folder has the same three files:
+
+- ``metrics.json``: the runs' metrics with every numeric leaf replaced by
+  ``{"mean": ..., "sd": ..., "n": ..., "values": [...]}`` (sd with ``ddof=1``; ``None`` when ``n < 2``;
+  ``None`` values, e.g. a metric a model does not have, are left out of ``n``). Non-numeric leaves are kept when
+  every run agrees on them and dropped otherwise (per-epoch histories, say);
+- ``params.yaml``: the parameters the runs share, with ``seed`` replaced by the list ``seeds``;
+- ``environment.json``: every run's environment (commit, versions, device, wall time) under ``runs``, with
+  ``commits``, ``dirty`` (true if any run was) and the total wall time.
+
+Chapters read a summary with :func:`load_result`, which finds the repository's ``results/`` folder.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import yaml
+
+from .provenance import METRICS_FILE
+
+PARAMS_FILE = "params.yaml"
+ENVIRONMENT_FILE = "environment.json"
+#: Parameters that may differ between the runs of one summary (``seed`` is collected into ``seeds``).
+PER_RUN_PARAMETERS = ("seed", "out_dir")
+_REPO_ROOT = Path(__file__).resolve().parents[1]
+
+
+def _is_number(v) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
+def _mean_sd(values: list) -> dict:
+    vals = [float(v) for v in values if v is not None]
+    if not vals:
+        return None
+    n = len(vals)
+    mean = math.fsum(vals) / n
+    sd = math.sqrt(math.fsum((v - mean) ** 2 for v in vals) / (n - 1)) if n > 1 else None
+    return {"mean": mean, "sd": sd, "n": n, "values": [None if v is None else float(v) for v in values]}
+
+
+def aggregate_metrics(runs: list[dict]) -> dict:
+    """Mean and sd over runs of every numeric leaf of the metrics dicts ``runs`` (one per seed).
+
+    Numeric leaves become ``{"mean", "sd", "n", "values"}``; a leaf that is ``None`` in some runs counts only
+    the others; other leaves are kept if equal in all runs, else dropped.
+
+    Raises:
+        ValueError: no runs, or the runs' dicts have different keys (runs of different chapters or settings).
+    """
+    if not runs:
+        raise ValueError("aggregate_metrics needs at least one run")
+    if all(isinstance(r, dict) for r in runs):
+        keys = set(runs[0])
+        for i, r in enumerate(runs[1:], 1):
+            if set(r) != keys:
+                diff = sorted(set(r) ^ keys)
+                raise ValueError(f"run {i} has different metric keys from run 0 ({', '.join(map(str, diff))}): "
+                                 "are these runs of the same chapter and setting?")
+        out = {}
+        for k in sorted(runs[0]):
+            agg = aggregate_metrics([r[k] for r in runs])
+            if agg is not _DROP:
+                out[k] = agg
+        return out
+    if all(_is_number(r) or r is None for r in runs) and any(_is_number(r) for r in runs):
+        return _mean_sd(runs)
+    return runs[0] if all(r == runs[0] for r in runs) else _DROP
+
+
+_DROP = object()
+
+
+def _read_run(folder: Path) -> tuple[dict, dict, dict]:
+    missing = [f for f in (METRICS_FILE, PARAMS_FILE, ENVIRONMENT_FILE) if not (folder / f).exists()]
+    if missing:
+        raise FileNotFoundError(f"{folder} is not a complete run folder: missing {', '.join(missing)} "
+                                "(make it with python -m lidvae_mini.reproduce CHAPTER --out FOLDER)")
+    return (json.loads((folder / METRICS_FILE).read_text()), yaml.safe_load((folder / PARAMS_FILE).read_text()),
+            json.loads((folder / ENVIRONMENT_FILE).read_text()))
+
+
+def summarise_runs(run_dirs: list[str | Path], out: str | Path) -> Path:
+    """Write the summary folder ``out`` (see the module docstring) of the run folders ``run_dirs``.
+
+    Raises:
+        FileNotFoundError: a run folder lacks one of its three files.
+        ValueError: the runs belong to different chapters, differ in a parameter other than ``seed``, did not
+            complete, or repeat a seed.
+    """
+    folders = [Path(d) for d in run_dirs]
+    runs = [_read_run(f) for f in folders]
+    chapters = {env.get("chapter") for _, _, env in runs}
+    if len(chapters) != 1:
+        raise ValueError(f"the runs are of different chapters: {sorted(map(str, chapters))}")
+    failed = [str(f) for f, (_, _, env) in zip(folders, runs) if env.get("status") != "completed"]
+    if failed:
+        raise ValueError(f"runs that did not complete: {', '.join(failed)}")
+    params0 = {k: v for k, v in runs[0][1].items() if k not in PER_RUN_PARAMETERS}
+    for f, (_, params, _) in zip(folders[1:], runs[1:]):
+        rest = {k: v for k, v in params.items() if k not in PER_RUN_PARAMETERS}
+        diff = sorted(k for k in set(rest) | set(params0) if rest.get(k) != params0.get(k))
+        if diff:
+            raise ValueError(f"{f} differs from {folders[0]} in parameter(s) {', '.join(diff)}")
+    seeds = [params.get("seed") for _, params, _ in runs]
+    if len(set(map(str, seeds))) != len(seeds):
+        raise ValueError(f"a seed occurs twice among the runs: {seeds}")
+    order = sorted(range(len(runs)), key=lambda i: (seeds[i] is None, seeds[i]))
+    runs, seeds = [runs[i] for i in order], [seeds[i] for i in order]
+
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    metrics = aggregate_metrics([m for m, _, _ in runs])
+    (out / METRICS_FILE).write_text(json.dumps(metrics, indent=2, sort_keys=True) + "\n")
+    (out / PARAMS_FILE).write_text(yaml.safe_dump({**params0, "seeds": seeds}, sort_keys=True))
+    envs = [env for _, _, env in runs]
+    commits = sorted({(env.get("git") or {}).get("commit") or "unknown" for env in envs})
+    environment = {"chapter": chapters.pop(), "n_runs": len(envs), "seeds": seeds, "commits": commits,
+                   "dirty": any((env.get("git") or {}).get("dirty") for env in envs),
+                   "wall_time_s_total": round(sum(env.get("wall_time_s") or 0.0 for env in envs), 2),
+                   "runs": envs}
+    (out / ENVIRONMENT_FILE).write_text(json.dumps(environment, indent=2, sort_keys=True) + "\n")
+    return out
+
+
+@dataclass
+class Result:
+    """A committed result folder: its metrics, parameters and environment, and where it lies."""
+
+    path: Path
+    metrics: dict
+    params: dict
+    environment: dict
+
+    def provenance(self) -> str:
+        """One line: commit(s), device, seeds and wall time, for a caption under a table or figure."""
+        env = self.environment
+        commits = env.get("commits") or [(env.get("git") or {}).get("commit") or "unknown"]
+        runs = env.get("runs") or [env]
+        dev = runs[0].get("device") or {}
+        device = ", ".join(dev.get("torch_cuda") or []) or f"CPU ({dev.get('cpu_count', '?')} cores)"
+        seeds = self.params.get("seeds", self.params.get("seed"))
+        wall = env.get("wall_time_s_total", env.get("wall_time_s"))
+        dirty = " (uncommitted changes)" if env.get("dirty") or (env.get("git") or {}).get("dirty") else ""
+        wall_txt = f"{wall / 60:.0f} min" if isinstance(wall, (int, float)) else "unknown"
+        return (f"results/{self.path.parent.name}/{self.path.name}: commit {', '.join(c[:7] for c in commits)}{dirty}; "
+                f"{device}; seeds {seeds}; wall time {wall_txt}")
+
+
+def results_dir(root: str | Path | None = None) -> Path | None:
+    """The ``results/`` folder: ``root``, else the clone holding this package, else ``../results`` or
+    ``./results`` from the working directory (a chapter runs in ``book/``); ``None`` if none exists."""
+    candidates = [Path(root)] if root else [_REPO_ROOT / "results", Path.cwd().parent / "results",
+                                            Path.cwd() / "results"]
+    return next((c.resolve() for c in candidates if c.is_dir()), None)
+
+
+def load_result(chapter: str, setting: str, root: str | Path | None = None) -> Result | None:
+    """The committed summary ``results/CHAPTER/SETTING``, or ``None`` when it is not there (e.g. in Colab,
+    where only the package is installed: clone the repository to see committed results).
+
+    Raises:
+        FileNotFoundError: the folder exists but lacks ``metrics.json``, ``params.yaml`` or ``environment.json``.
+    """
+    base = results_dir(root)
+    if base is None or not (base / chapter / setting).is_dir():
+        return None
+    folder = base / chapter / setting
+    metrics, params, env = _read_run(folder)
+    return Result(folder, metrics, params, env)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m lidvae_mini.results", description=__doc__.split("\n\n")[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    agg = sub.add_parser("aggregate", help="combine run folders of several seeds into one summary folder")
+    agg.add_argument("runs", nargs="+", help="run folders written by python -m lidvae_mini.reproduce")
+    agg.add_argument("--out", required=True, help="summary folder to write, e.g. results/CHAPTER/SETTING")
+    args = parser.parse_args(argv)
+    try:
+        out = summarise_runs(args.runs, args.out)
+    except (FileNotFoundError, ValueError) as err:
+        parser.error(str(err))
+    print(f"summary of {len(args.runs)} runs: {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,115 @@
+"""Summaries of several seeds' runs, and the committed results/ folders."""
+from __future__ import annotations
+
+import json
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+
+from lidvae_mini.results import aggregate_metrics, load_result, main, summarise_runs
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _run(folder: Path, seed: int, metrics: dict, chapter="07_lidgmvae_pinwheel", status="completed", **params):
+    folder.mkdir(parents=True)
+    (folder / "metrics.json").write_text(json.dumps(metrics))
+    (folder / "params.yaml").write_text(yaml.safe_dump({"seed": seed, "out_dir": str(folder), "epochs": 5, **params}))
+    (folder / "environment.json").write_text(json.dumps({"chapter": chapter, "status": status, "wall_time_s": 60.0,
+                                                         "git": {"commit": "a" * 40, "dirty": False},
+                                                         "device": {"cpu_count": 2, "torch_cuda": []}}))
+    return folder
+
+
+def test_numeric_leaves_get_mean_and_sample_sd():
+    agg = aggregate_metrics([{"m": {"acc": 0.5, "au": 1, "name": "x"}}, {"m": {"acc": 1.0, "au": 3, "name": "x"}},
+                             {"m": {"acc": 0.0, "au": 2, "name": "x"}}])
+    assert agg["m"]["acc"]["mean"] == pytest.approx(0.5)
+    assert agg["m"]["acc"]["sd"] == pytest.approx(np.std([0.5, 1.0, 0.0], ddof=1))
+    assert agg["m"]["au"] == {"mean": 2.0, "sd": 1.0, "n": 3, "values": [1.0, 3.0, 2.0]}
+    assert agg["m"]["name"] == "x"
+
+
+def test_none_values_are_left_out_and_disagreeing_lists_dropped():
+    agg = aggregate_metrics([{"acc": None, "hist": [1, 2], "ll": -3.0}, {"acc": 0.7, "hist": [1, 3], "ll": -1.0}])
+    assert agg["acc"]["n"] == 1 and agg["acc"]["sd"] is None and agg["acc"]["mean"] == pytest.approx(0.7)
+    assert "hist" not in agg
+    assert agg["ll"]["mean"] == pytest.approx(-2.0)
+    assert aggregate_metrics([{"a": None}, {"a": None}]) == {"a": None}
+    assert aggregate_metrics([{"flag": True}, {"flag": True}]) == {"flag": True}  # booleans are not averaged
+
+
+def test_runs_with_different_keys_are_refused():
+    with pytest.raises(ValueError, match="different metric keys"):
+        aggregate_metrics([{"a": 1.0}, {"b": 1.0}])
+    with pytest.raises(ValueError, match="at least one"):
+        aggregate_metrics([])
+
+
+def test_summary_folder_orders_seeds_and_records_every_run(tmp_path):
+    dirs = [_run(tmp_path / f"s{s}", s, {"acc": float(s)}) for s in (2, 0, 1)]
+    out = summarise_runs(dirs, tmp_path / "summary")
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["acc"]["values"] == [0.0, 1.0, 2.0]
+    params = yaml.safe_load((out / "params.yaml").read_text())
+    assert params == {"epochs": 5, "seeds": [0, 1, 2]}
+    env = json.loads((out / "environment.json").read_text())
+    assert env["n_runs"] == 3 and env["wall_time_s_total"] == 180.0 and env["commits"] == ["a" * 40]
+
+
+@pytest.mark.parametrize("change, match", [
+    (dict(epochs=6), "differs .* epochs"),
+    (dict(chapter="08_images"), "different chapters"),
+    (dict(status="failed: KeyboardInterrupt"), "did not complete"),
+    (dict(seed=0), "seed occurs twice"),
+])
+def test_summary_refuses_runs_that_do_not_belong_together(tmp_path, change, match):
+    a = _run(tmp_path / "a", 0, {"acc": 1.0})
+    kw = {"seed": 1, **change}
+    seed = kw.pop("seed")
+    b = _run(tmp_path / "b", seed, {"acc": 0.5}, **kw)
+    with pytest.raises(ValueError, match=match):
+        summarise_runs([a, b], tmp_path / "out")
+
+
+def test_incomplete_run_folder_names_the_missing_file(tmp_path):
+    a = _run(tmp_path / "a", 0, {"acc": 1.0})
+    (a / "params.yaml").unlink()
+    with pytest.raises(FileNotFoundError, match="params.yaml"):
+        summarise_runs([a], tmp_path / "out")
+
+
+def test_command_line_writes_the_summary_and_load_result_reads_it(tmp_path, capsys):
+    dirs = [str(_run(tmp_path / "runs" / f"s{s}", s, {"acc": 0.25 * s})) for s in (0, 1)]
+    assert main(["aggregate", *dirs, "--out", str(tmp_path / "results" / "07_lidgmvae_pinwheel" / "cpu")]) == 0
+    res = load_result("07_lidgmvae_pinwheel", "cpu", root=tmp_path / "results")
+    assert res.metrics["acc"]["mean"] == pytest.approx(0.125) and res.params["seeds"] == [0, 1]
+    line = res.provenance()
+    assert "commit aaaaaaa" in line and "seeds [0, 1]" in line and "2 min" in line and "CPU (2 cores)" in line
+    assert load_result("07_lidgmvae_pinwheel", "gpu", root=tmp_path / "results") is None
+    with pytest.raises(SystemExit):
+        main(["aggregate", str(tmp_path / "nowhere"), "--out", str(tmp_path / "x")])
+    assert "missing" in capsys.readouterr().err
+
+
+def _committed_result_folders():
+    base = ROOT / "results"
+    return sorted(p.parent for p in base.glob("*/*/metrics.json")) if base.is_dir() else []
+
+
+@pytest.mark.parametrize("folder", _committed_result_folders(), ids=lambda p: f"{p.parent.name}/{p.name}")
+def test_committed_results_are_complete_and_traceable(folder):
+    """Every results/CHAPTER/SETTING folder has its three files, is listed in results/README.md, comes from a
+    chapter that exists, and names commits that are in this repository's history (when it has one)."""
+    res = load_result(folder.parent.name, folder.name, root=ROOT / "results")
+    assert (ROOT / "book" / f"{folder.parent.name}.md").exists()
+    assert f"{folder.parent.name}/{folder.name}" in (ROOT / "results" / "README.md").read_text()
+    env = res.environment
+    commits = env.get("commits") or [env["git"]["commit"]]
+    if (ROOT / ".git").exists():
+        for c in commits:
+            ok = subprocess.run(["git", "cat-file", "-e", f"{c}^{{commit}}"], cwd=ROOT, capture_output=True)
+            assert ok.returncode == 0, f"{folder}: commit {c} is not in this repository's history"
