@@ -10,8 +10,9 @@ The summary folder has the same three files:
 
 - ``metrics.json``: the runs' metrics with every numeric leaf replaced by
   ``{"mean": ..., "sd": ..., "n": ..., "values": [...]}`` (sd with ``ddof=1``; ``None`` when ``n < 2``;
-  ``None`` values, e.g. a metric a model does not have, are left out of ``n``). Non-numeric leaves are kept when
-  every run agrees on them and dropped otherwise (per-epoch histories, say);
+  ``None`` values, e.g. a metric a model does not have, are left out of ``n``). A leaf on which every run agrees
+  is kept as it is; numeric lists of one length (per-epoch histories, per-coordinate scales) are averaged
+  elementwise (``mean`` and ``sd`` are then lists); other leaves that differ between runs are dropped;
 - ``params.yaml``: the parameters the runs share, with ``seed`` replaced by the list ``seeds``;
 - ``environment.json``: every run's environment (commit, versions, device, wall time) under ``runs``, with
   ``commits``, ``dirty`` (true if any run was) and the total wall time.
@@ -56,7 +57,8 @@ def aggregate_metrics(runs: list[dict]) -> dict:
     """Mean and sd over runs of every numeric leaf of the metrics dicts ``runs`` (one per seed).
 
     Numeric leaves become ``{"mean", "sd", "n", "values"}``; a leaf that is ``None`` in some runs counts only
-    the others; other leaves are kept if equal in all runs, else dropped.
+    the others; leaves equal in all runs are kept; numeric lists of one length are averaged elementwise; other
+    leaves are dropped.
 
     Raises:
         ValueError: no runs, or the runs' dicts have different keys (runs of different chapters or settings).
@@ -78,7 +80,23 @@ def aggregate_metrics(runs: list[dict]) -> dict:
         return out
     if all(_is_number(r) or r is None for r in runs) and any(_is_number(r) for r in runs):
         return _mean_sd(runs)
-    return runs[0] if all(r == runs[0] for r in runs) else _DROP
+    if all(r == runs[0] for r in runs):
+        return runs[0]
+    if _numeric_lists_of_one_length(runs):
+        return _elementwise_mean_sd(runs)
+    return _DROP
+
+
+def _numeric_lists_of_one_length(runs) -> bool:
+    return (all(isinstance(r, list) and len(r) == len(runs[0]) and all(_is_number(v) for v in r) for r in runs)
+            and len(runs[0]) > 0)
+
+
+def _elementwise_mean_sd(runs: list[list]) -> dict:
+    """``{"mean": [...], "sd": [...] or None, "n", "values": [[...] per run]}`` of equal-length numeric lists."""
+    cols = [_mean_sd(list(col)) for col in zip(*runs)]
+    return {"mean": [c["mean"] for c in cols], "sd": [c["sd"] for c in cols] if len(runs) > 1 else None,
+            "n": len(runs), "values": [[float(v) for v in r] for r in runs]}
 
 
 _DROP = object()

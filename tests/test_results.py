@@ -33,10 +33,14 @@ def test_numeric_leaves_get_mean_and_sample_sd():
     assert agg["m"]["name"] == "x"
 
 
-def test_none_values_are_left_out_and_disagreeing_lists_dropped():
-    agg = aggregate_metrics([{"acc": None, "hist": [1, 2], "ll": -3.0}, {"acc": 0.7, "hist": [1, 3], "ll": -1.0}])
+def test_none_values_are_left_out_and_lists_averaged_elementwise_or_dropped():
+    agg = aggregate_metrics([{"acc": None, "hist": [1, 2], "ll": -3.0, "tags": ["a"], "same": [1, 2]},
+                             {"acc": 0.7, "hist": [1, 3], "ll": -1.0, "tags": ["b"], "same": [1, 2]}])
     assert agg["acc"]["n"] == 1 and agg["acc"]["sd"] is None and agg["acc"]["mean"] == pytest.approx(0.7)
-    assert "hist" not in agg
+    assert agg["hist"]["mean"] == [1.0, 2.5] and agg["hist"]["values"] == [[1.0, 2.0], [1.0, 3.0]]
+    assert agg["hist"]["sd"] == pytest.approx([0.0, np.std([2, 3], ddof=1)])
+    assert "tags" not in agg and agg["same"] == [1, 2]
+    assert "x" not in aggregate_metrics([{"x": [1, 2]}, {"x": [1, 2, 3]}])   # lengths differ: dropped
     assert agg["ll"]["mean"] == pytest.approx(-2.0)
     assert aggregate_metrics([{"a": None}, {"a": None}]) == {"a": None}
     assert aggregate_metrics([{"flag": True}, {"flag": True}]) == {"flag": True}  # booleans are not averaged
