@@ -178,6 +178,30 @@ class Result:
                 f"{device}; seeds {seeds}; wall time {wall_txt}")
 
 
+def per_seed(node: dict):
+    """The per-run values of an aggregated leaf as a float array (``nan`` where a run had ``None``).
+
+    Raises:
+        TypeError: ``node`` is not an aggregated leaf (``{"mean", "sd", "n", "values"}``).
+    """
+    import numpy as np
+
+    if not (isinstance(node, dict) and {"mean", "values"} <= set(node)):
+        raise TypeError(f"not an aggregated metric (expected keys mean, sd, n, values): {node!r:.80}")
+    return np.array([np.nan if v is None else v for v in node["values"]], dtype=float)
+
+
+def mean_sd_text(values, digits: int = 3) -> str:
+    """``"mean ± sd"`` of the finite entries of ``values`` (sd with ``ddof=1``; just the mean for one value)."""
+    import numpy as np
+
+    v = np.asarray(values, dtype=float)
+    v = v[np.isfinite(v)]
+    if v.size == 0:
+        return "n/a"
+    return f"{v.mean():.{digits}f}" + (f" ± {v.std(ddof=1):.{digits}f}" if v.size > 1 else "")
+
+
 def results_dir(root: str | Path | None = None) -> Path | None:
     """The ``results/`` folder: ``root``, else the clone holding this package, else ``../results`` or
     ``./results`` from the working directory (a chapter runs in ``book/``); ``None`` if none exists."""

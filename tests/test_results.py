@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import yaml
 
-from lidvae_mini.results import aggregate_metrics, load_result, main, summarise_runs
+from lidvae_mini.results import aggregate_metrics, load_result, main, mean_sd_text, per_seed, summarise_runs
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -117,3 +117,13 @@ def test_committed_results_are_complete_and_traceable(folder):
         for c in commits:
             ok = subprocess.run(["git", "cat-file", "-e", f"{c}^{{commit}}"], cwd=ROOT, capture_output=True)
             assert ok.returncode == 0, f"{folder}: commit {c} is not in this repository's history"
+
+
+def test_per_seed_values_and_their_text():
+    agg = aggregate_metrics([{"a": 1.0}, {"a": None}, {"a": 3.0}])
+    v = per_seed(agg["a"])
+    assert np.isnan(v[1]) and v[0] == 1.0 and v[2] == 3.0
+    assert mean_sd_text(v, 2) == "2.00 ± 1.41"
+    assert mean_sd_text([0.5]) == "0.500" and mean_sd_text([]) == "n/a"
+    with pytest.raises(TypeError, match="aggregated"):
+        per_seed({"gmvae": 1.0})
