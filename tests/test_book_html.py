@@ -72,3 +72,18 @@ def test_chapter_has_colab_button_to_the_committed_notebook(page, server, tmp_pa
     html = (HTML / "book" / f"{page}.html").read_text()
     repo = yaml.safe_load((ROOT / "_config.yml").read_text())["repository"]["url"].removeprefix("https://github.com/")
     assert f"colab.research.google.com/github/{repo}/blob/main/book/{page}.ipynb" in html
+
+
+def _result_uses():
+    """``(page, chapter, setting)`` for every ``load_result("CHAPTER", "SETTING")`` in a chapter's source."""
+    pattern = re.compile(r'load_result\(\s*"([^"]+)"\s*,\s*"([^"]+)"\s*\)')
+    return [(p.stem, *m) for p in chapter_sources() for m in pattern.findall(p.read_text())]
+
+
+@pytest.mark.parametrize("page, chapter, setting", _result_uses())
+def test_chapter_renders_the_committed_results_it_reads(page, chapter, setting):
+    """A chapter that reads results/CHAPTER/SETTING must find it committed and show its provenance line."""
+    assert (ROOT / "results" / chapter / setting / "metrics.json").exists(), \
+        f"{page} reads results/{chapter}/{setting}, which is not committed"
+    html = (HTML / "book" / f"{page}.html").read_text()
+    assert f"results/{chapter}/{setting}: commit" in html, f"{page}: the provenance of {chapter}/{setting} is not shown"
