@@ -62,7 +62,7 @@ from torch import nn
 from ._checks import check_choice, check_int, check_positive
 from .encoders import LOG_2PI as LOG_2PI_
 from .encoders import LOGVAR_RANGE, GaussianEncoder
-from .mixture import MixtureVAE
+from .mixture import MixtureVAE, entropy_from_log_probs
 from .vae import VAE
 
 #: Kim et al.'s SVI settings (``train_img.py`` defaults; He et al.'s rerun uses the same lr, momentum and clip).
@@ -239,7 +239,8 @@ def sa_vae_loss(model, x: torch.Tensor, svi_steps: int = 20, svi_lr: float = 1.0
     model.check_x(x)
     B = x.shape[0]
     if _is_mixture(model):
-        probs = model.cluster_probs(x)                                   # (B, C)
+        log_probs = model.cluster_log_probs(x)                           # (B, C)
+        probs = log_probs.exp()
         xs, pm, pls = _mixture_rows(model, x)
         mu0, lv0 = enc(model._context(x))                                # (C·B, K)
     else:
@@ -261,7 +262,7 @@ def sa_vae_loss(model, x: torch.Tensor, svi_steps: int = 20, svi_lr: float = 1.0
     if _is_mixture(model):
         C = model.num_clusters
         pt = probs.T                                                     # (C, B)
-        ent = -torch.special.xlogy(probs, probs).sum(-1)
+        ent = entropy_from_log_probs(log_probs)
         kl_y = math.log(C) - ent
         rec = (pt * rec_r.reshape(C, B)).sum(0)
         kl_w = (pt * kl_r.reshape(C, B)).sum(0)

@@ -53,8 +53,18 @@ METRIC_KEYS = ("acc_hungarian", "acc_majority", "chance", "AU_y", "AU_w", "KL_y"
 
 
 def _entropy(probs: torch.Tensor) -> torch.Tensor:
-    """Entropy of categorical rows, nats, (..., C) -> (...); 0 log 0 = 0."""
+    """Entropy of categorical rows, nats, (..., C) -> (...); 0 log 0 = 0. For values only: its gradient is NaN
+    where a probability is exactly 0 (d/dp of p log p at 0); differentiate :func:`entropy_from_log_probs`."""
     return -torch.special.xlogy(probs, probs).sum(-1)
+
+
+def entropy_from_log_probs(log_probs: torch.Tensor) -> torch.Tensor:
+    """Entropy of categorical rows from their log-probabilities (e.g. ``log_softmax``), nats, (..., C) -> (...).
+
+    Differentiable everywhere: where ``softmax`` underflows to exactly 0 (a confident ``q(y|x)`` in float32),
+    ``p log p`` computed from probabilities has a 0/0 gradient, while ``exp(l) * l`` has the finite one.
+    """
+    return -(log_probs.exp() * log_probs).sum(-1)
 
 
 class MixtureVAE(DecoderFacts, nn.Module):
@@ -132,6 +142,10 @@ class MixtureVAE(DecoderFacts, nn.Module):
         """``q(y|x)``, shape (B, C), rows summing to 1."""
         return torch.softmax(self.cluster_logits(x), dim=-1)
 
+    def cluster_log_probs(self, x: torch.Tensor) -> torch.Tensor:
+        """``log q(y|x)``, shape (B, C), by ``log_softmax`` (finite where ``q`` underflows to 0)."""
+        return torch.log_softmax(self.cluster_logits(x), dim=-1)
+
     def _context(self, x: torch.Tensor, y: int | None = None) -> torch.Tensor:
         """``[x, onehot(y)]``: (B, D + C) for one cluster ``y``, or (C·B, D + C) for all, cluster-major."""
         C, B = self.num_clusters, x.shape[0]
@@ -189,7 +203,8 @@ class MixtureVAE(DecoderFacts, nn.Module):
         draws of w per datapoint *and cluster*.
         """
         n_samples = check_int(n_samples, "n_samples")
-        probs = self.cluster_probs(x)                                        # (B, C); checks x
+        log_probs = self.cluster_log_probs(x)                                # (B, C); checks x
+        probs = log_probs.exp()
         C, B, K = self.num_clusters, x.shape[0], self.latent_dim
         w, log_q = self.encoder.sample(self._context(x), n_samples)          # (S, C·B, K), (S, C·B)
         w, log_q = w.reshape(n_samples, C, B, K), log_q.reshape(n_samples, C, B)
@@ -198,7 +213,7 @@ class MixtureVAE(DecoderFacts, nn.Module):
         pt = probs.T
         rec = (pt * rec_cy).sum(0)
         kl_w = (pt * klw_cy).sum(0)
-        ent = _entropy(probs)
+        ent = entropy_from_log_probs(log_probs)
         kl_y = math.log(C) - ent
         kl = kl_y + kl_w
         return {"elbo": rec - kl, "rec": rec, "kl": kl, "kl_y": kl_y, "kl_w": kl_w, "entropy_y": ent}
