@@ -111,8 +111,12 @@ def _read_run(folder: Path) -> tuple[dict, dict, dict]:
             json.loads((folder / ENVIRONMENT_FILE).read_text()))
 
 
-def summarise_runs(run_dirs: list[str | Path], out: str | Path) -> Path:
+def summarise_runs(run_dirs: list[str | Path], out: str | Path, include_failed: bool = False) -> Path:
     """Write the summary folder ``out`` (see the module docstring) of the run folders ``run_dirs``.
+
+    ``include_failed`` admits runs whose notebook stopped with an error *after* writing ``metrics.json`` (a
+    chapter assertion that failed at this scale is a result, not a crash); they are listed under ``failed`` in
+    ``environment.json`` with their status.
 
     Raises:
         FileNotFoundError: a run folder lacks one of its three files.
@@ -125,8 +129,9 @@ def summarise_runs(run_dirs: list[str | Path], out: str | Path) -> Path:
     if len(chapters) != 1:
         raise ValueError(f"the runs are of different chapters: {sorted(map(str, chapters))}")
     failed = [str(f) for f, (_, _, env) in zip(folders, runs) if env.get("status") != "completed"]
-    if failed:
-        raise ValueError(f"runs that did not complete: {', '.join(failed)}")
+    if failed and not include_failed:
+        raise ValueError(f"runs that did not complete: {', '.join(failed)} (include_failed / --include-failed "
+                         "admits those that wrote their metrics)")
     params0 = {k: v for k, v in runs[0][1].items() if k not in PER_RUN_PARAMETERS}
     for f, (_, params, _) in zip(folders[1:], runs[1:]):
         rest = {k: v for k, v in params.items() if k not in PER_RUN_PARAMETERS}
@@ -149,6 +154,8 @@ def summarise_runs(run_dirs: list[str | Path], out: str | Path) -> Path:
     environment = {"chapter": chapters.pop(), "n_runs": len(envs), "seeds": seeds, "commits": commits,
                    "dirty": any((env.get("git") or {}).get("dirty") for env in envs),
                    "wall_time_s_total": round(sum(env.get("wall_time_s") or 0.0 for env in envs), 2),
+                   "failed": [{"seed": s, "status": env.get("status")} for s, env in zip(seeds, envs)
+                              if env.get("status") != "completed"],
                    "runs": envs}
     (out / ENVIRONMENT_FILE).write_text(json.dumps(environment, indent=2, sort_keys=True) + "\n")
     return out
@@ -173,6 +180,9 @@ class Result:
         seeds = self.params.get("seeds", self.params.get("seed"))
         wall = env.get("wall_time_s_total", env.get("wall_time_s"))
         dirty = " (uncommitted changes)" if env.get("dirty") or (env.get("git") or {}).get("dirty") else ""
+        failed = env.get("failed") or []
+        if failed:
+            dirty += f"; runs that failed after writing their metrics: seeds {[f['seed'] for f in failed]}"
         wall_txt = f"{wall / 60:.0f} min" if isinstance(wall, (int, float)) else "unknown"
         return (f"results/{self.path.parent.name}/{self.path.name}: commit {', '.join(c[:7] for c in commits)}{dirty}; "
                 f"{device}; seeds {seeds}; wall time {wall_txt}")
@@ -231,9 +241,11 @@ def main(argv: list[str] | None = None) -> int:
     agg = sub.add_parser("aggregate", help="combine run folders of several seeds into one summary folder")
     agg.add_argument("runs", nargs="+", help="run folders written by python -m lidvae_mini.reproduce")
     agg.add_argument("--out", required=True, help="summary folder to write, e.g. results/CHAPTER/SETTING")
+    agg.add_argument("--include-failed", action="store_true",
+                     help="admit runs that failed after writing metrics.json (listed as failed in the summary)")
     args = parser.parse_args(argv)
     try:
-        out = summarise_runs(args.runs, args.out)
+        out = summarise_runs(args.runs, args.out, include_failed=args.include_failed)
     except (FileNotFoundError, ValueError) as err:
         parser.error(str(err))
     print(f"summary of {len(args.runs)} runs: {out}")

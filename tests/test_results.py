@@ -127,3 +127,15 @@ def test_per_seed_values_and_their_text():
     assert mean_sd_text([0.5]) == "0.500" and mean_sd_text([]) == "n/a"
     with pytest.raises(TypeError, match="aggregated"):
         per_seed({"gmvae": 1.0})
+
+
+def test_failed_runs_are_admitted_only_on_request_and_then_listed(tmp_path):
+    a = _run(tmp_path / "a", 0, {"acc": 1.0})
+    b = _run(tmp_path / "b", 1, {"acc": 0.2}, status="failed: PapermillExecutionError")
+    with pytest.raises(ValueError, match="did not complete"):
+        summarise_runs([a, b], tmp_path / "out")
+    out = summarise_runs([a, b], tmp_path / "results" / "07_lidgmvae_pinwheel" / "cpu", include_failed=True)
+    env = json.loads((out / "environment.json").read_text())
+    assert env["failed"] == [{"seed": 1, "status": "failed: PapermillExecutionError"}]
+    res = load_result("07_lidgmvae_pinwheel", "cpu", root=tmp_path / "results")
+    assert res.metrics["acc"]["n"] == 2 and "failed after writing their metrics: seeds [1]" in res.provenance()
