@@ -177,7 +177,7 @@ class Result:
         runs = env.get("runs") or [env]
         dev = runs[0].get("device") or {}
         device = ", ".join(dev.get("torch_cuda") or []) or f"CPU ({dev.get('cpu_count', '?')} cores)"
-        seeds = self.params.get("seeds", self.params.get("seed"))
+        seeds = self.params.get("seeds") or [self.params.get("seed")]
         wall = env.get("wall_time_s_total", env.get("wall_time_s"))
         dirty = " (uncommitted changes)" if env.get("dirty") or (env.get("git") or {}).get("dirty") else ""
         failed = env.get("failed") or []
