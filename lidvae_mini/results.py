@@ -37,6 +37,7 @@ ENVIRONMENT_FILE = "environment.json"
 #: Parameters that may differ between the runs of one summary (``seed`` is collected into ``seeds``).
 PER_RUN_PARAMETERS = ("seed", "out_dir")
 _REPO_ROOT = Path(__file__).resolve().parents[1]
+_DROP = object()   # aggregate_metrics: a leaf the runs disagree on and that cannot be averaged
 
 
 def _is_number(v) -> bool:
@@ -97,9 +98,6 @@ def _elementwise_mean_sd(runs: list[list]) -> dict:
     cols = [_mean_sd(list(col)) for col in zip(*runs)]
     return {"mean": [c["mean"] for c in cols], "sd": [c["sd"] for c in cols] if len(runs) > 1 else None,
             "n": len(runs), "values": [[float(v) for v in r] for r in runs]}
-
-
-_DROP = object()
 
 
 def _read_run(folder: Path) -> tuple[dict, dict, dict]:
