@@ -107,13 +107,15 @@ def _committed_result_folders():
 @pytest.mark.parametrize("folder", _committed_result_folders(), ids=lambda p: f"{p.parent.name}/{p.name}")
 def test_committed_results_are_complete_and_traceable(folder):
     """Every results/CHAPTER/SETTING folder has its three files, is listed in results/README.md, comes from a
-    chapter that exists, and names commits that are in this repository's history (when it has one)."""
+    chapter that exists, and names commits that are in this repository's history (when it has a full one)."""
     res = load_result(folder.parent.name, folder.name, root=ROOT / "results")
     assert (ROOT / "book" / f"{folder.parent.name}.md").exists()
     assert f"{folder.parent.name}/{folder.name}" in (ROOT / "results" / "README.md").read_text()
     env = res.environment
     commits = env.get("commits") or [env["git"]["commit"]]
-    if (ROOT / ".git").exists():
+    shallow = subprocess.run(["git", "rev-parse", "--is-shallow-repository"], cwd=ROOT, capture_output=True,
+                             text=True).stdout.strip()
+    if (ROOT / ".git").exists() and shallow == "false":   # a shallow clone lacks the older commits
         for c in commits:
             ok = subprocess.run(["git", "cat-file", "-e", f"{c}^{{commit}}"], cwd=ROOT, capture_output=True)
             assert ok.returncode == 0, f"{folder}: commit {c} is not in this repository's history"
