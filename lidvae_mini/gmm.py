@@ -710,6 +710,15 @@ def ks_threshold(ess: float, level: float = 0.01) -> float:
 # --------------------------------------------------------------------------------------------------
 # Figures
 # --------------------------------------------------------------------------------------------------
+def _panel_row(n: int, height: float, axes=None):
+    """``(figure, axes)``: the given axes, or a new row of ``n`` panels 4.2 inches wide and ``height`` tall."""
+    if axes is None:
+        import matplotlib.pyplot as plt
+
+        axes = plt.subplots(1, n, figsize=(4.2 * n, height), squeeze=False)[1][0]
+    return axes[0].figure, axes
+
+
 def plot_loglik_alpha(curves: dict, references: dict | None = None, axes=None):
     """Figure 4a: mean per-datapoint log-likelihood against ``alpha``, one panel per dataset.
 
@@ -722,13 +731,8 @@ def plot_loglik_alpha(curves: dict, references: dict | None = None, axes=None):
     Returns:
         The matplotlib figure.
     """
-    import matplotlib.pyplot as plt
-
     names = list(curves)
-    if axes is None:
-        fig, axes = plt.subplots(1, len(names), figsize=(4.2 * len(names), 3.3), squeeze=False)
-        axes = axes[0]
-    fig = axes[0].figure
+    fig, axes = _panel_row(len(names), 3.3, axes)
     references = references or {}
     for ax, name in zip(axes, names):
         grid, ll = curves[name]
@@ -761,13 +765,8 @@ def plot_alpha_histograms(draws: dict, prior=PRIOR, title: str | None = None, ax
     Returns:
         The matplotlib figure.
     """
-    import matplotlib.pyplot as plt
-
     names = list(draws)
-    if axes is None:
-        fig, axes = plt.subplots(1, len(names), figsize=(4.2 * len(names), 3.1), squeeze=False)
-        axes = axes[0]
-    fig = axes[0].figure
+    fig, axes = _panel_row(len(names), 3.1, axes)
     grid = np.linspace(0, 1, 401)
     pdf = stats.beta(*prior).pdf(grid)
     for ax, name in zip(axes, names):

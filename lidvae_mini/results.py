@@ -28,6 +28,7 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import yaml
 
 from .provenance import METRICS_FILE
@@ -192,8 +193,6 @@ def per_seed(node: dict):
     Raises:
         TypeError: ``node`` is not an aggregated leaf (``{"mean", "sd", "n", "values"}``).
     """
-    import numpy as np
-
     if not (isinstance(node, dict) and {"mean", "values"} <= set(node)):
         raise TypeError(f"not an aggregated metric (expected keys mean, sd, n, values): {node!r:.80}")
     return np.array([np.nan if v is None else v for v in node["values"]], dtype=float)
@@ -201,8 +200,6 @@ def per_seed(node: dict):
 
 def mean_sd_text(values, digits: int = 3) -> str:
     """``"mean ± sd"`` of the finite entries of ``values`` (sd with ``ddof=1``; just the mean for one value)."""
-    import numpy as np
-
     v = np.asarray(values, dtype=float)
     v = v[np.isfinite(v)]
     if v.size == 0:
