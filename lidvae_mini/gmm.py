@@ -612,7 +612,10 @@ class AlphaPosterior:
     def summary(self, prior=PRIOR) -> dict:
         """``alpha_mean``, ``alpha_sd``, ``ks``, ``w1`` (see :func:`distance_to_beta`), bulk ESS and R-hat of
         the (relabelled) ``alpha``, the KS threshold implied by that ESS, divergences and per-chain means."""
-        from arviz import ess, rhat
+        from .hmc import import_arviz
+
+        az = import_arviz()
+        ess, rhat = az.ess, az.rhat
 
         a = self.alpha
         dist_ = distance_to_beta(a.ravel(), prior)

@@ -5,11 +5,24 @@ The PPCA and GMM chapters sample the exact posterior with the No-U-Turn sampler 
 """
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 
 import numpy as np
 
 from ._checks import check_int
+
+#: ArviZ 0.23 prints this ``FutureWarning`` on its first import of each calendar day (a date stamp in the user
+#: cache), so a fresh machine's output differed from a warm one's; the book shows no warnings it cannot act on.
+ARVIZ_DAILY_WARNING = r"\s*ArviZ is undergoing a major refactor"
+
+
+def import_arviz():
+    """``import arviz`` with its once-a-day refactor notice silenced (that warning only; others still show)."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=ARVIZ_DAILY_WARNING, category=FutureWarning, module="arviz")
+        import arviz
+    return arviz
 
 
 @dataclass
@@ -52,7 +65,7 @@ def run_nuts(model, *model_args, num_warmup: int = 1000, num_samples: int = 1000
     Raises:
         ValueError: a non-positive schedule.
     """
-    import arviz as az
+    az = import_arviz()
     import jax
     from numpyro.infer import MCMC, NUTS
 

@@ -483,9 +483,9 @@ def sample_joint_posterior(xs, sigma: float, datapoints, num_warmup: int = 300, 
     Raises:
         ValueError: bad data, ``sigma <= 0``, datapoint indices out of range.
     """
-    import arviz as az
+    from .hmc import import_arviz, run_nuts
 
-    from .hmc import run_nuts
+    az = import_arviz()
 
     xs = as_float_array(xs, "xs")
     single = xs.ndim == 2
