@@ -61,7 +61,7 @@ from torch import nn
 
 from ._checks import check_choice, check_int, check_positive
 from .encoders import LOG_2PI as LOG_2PI_
-from .encoders import LOGVAR_RANGE, GaussianEncoder
+from .encoders import LOGVAR_RANGE, ConditionalRealNVP, GaussianEncoder
 from .mixture import MixtureVAE, entropy_from_log_probs
 from .vae import VAE
 
@@ -515,14 +515,20 @@ def encoder_mutual_information(model, x, seed: int = 0, batch_size: int = 1000, 
     - single-latent VAE with a Gaussian encoder: ``I_q(x; z)`` by :func:`lidvae_mini.metrics.mutual_information`
       of the encoder's ``(mu, logvar)`` (aggregate posterior pooled over ``pool``; one draw per point, seeded by
       ``seed``). With an :class:`SVIRefinedEncoder` it is the MI of the refined posterior.
+    - single-latent VAE with a flow encoder (:class:`ConditionalRealNVP`): the same estimator with the sampled
+      entropy, from the exact densities ``log q(z_i|x_j)`` of every draw under every point
+      (:func:`lidvae_mini.metrics.mutual_information_from_log_density`; ``pool="all"`` only; N² flow passes).
 
     Raises:
-        TypeError: no Gaussian (``q(w|x, y)``) encoder.
+        TypeError: no Gaussian (``q(w|x, y)``) or flow encoder.
+        ValueError: ``pool`` other than ``"all"`` with a flow encoder.
     """
     from .metrics import mutual_information
 
     if _is_mixture(model):
         return mixture_mutual_information(model, x, seed=seed, batch_size=batch_size)["MI"]
+    if isinstance(getattr(model, "encoder", None), ConditionalRealNVP):
+        return _flow_mutual_information(model.encoder, x, seed=seed, batch_size=batch_size, pool=pool)
     enc = _gaussian_encoder(model)
     like = next(model.parameters())
     x = torch.as_tensor(x, dtype=like.dtype)
@@ -538,6 +544,30 @@ def encoder_mutual_information(model, x, seed: int = 0, batch_size: int = 1000, 
     finally:
         model.train(was)
     return float(mutual_information(torch.cat(mus), torch.cat(lvs), seed=seed, pool=pool))
+
+
+def _flow_mutual_information(enc, x, seed: int, batch_size: int, pool) -> float:
+    """``I_q(x; z)`` of a flow posterior: one seeded draw per point, scored under every point's q (nats)."""
+    from .metrics import mutual_information_from_log_density
+
+    if pool != "all":
+        raise ValueError(f"a flow encoder's MI pools the whole set (pool='all'), got pool={pool!r}")
+    like = next(enc.parameters())
+    x = torch.as_tensor(x, dtype=like.dtype).to(like.device)
+    batch_size = check_int(batch_size, "batch_size")
+    n = x.shape[0]
+    was = enc.training
+    enc.eval()
+    try:
+        with torch.random.fork_rng(devices=[like.device.index or 0] if like.device.type == "cuda" else []):
+            torch.manual_seed(check_int(seed, "seed", minimum=0))
+            z = torch.cat([enc.sample(x[s:s + batch_size], 1)[0][0] for s in range(0, n, batch_size)])   # (N, K)
+        rows = max(1, batch_size * 64 // n)   # about 64 batches' worth of flow passes held at once
+        log_q = torch.cat([enc.log_prob(z[r:r + rows, None, :].expand(-1, n, -1), x)
+                           for r in range(0, n, rows)])                                           # (N, N)
+    finally:
+        enc.train(was)
+    return mutual_information_from_log_density(log_q.double().cpu())
 
 
 # ------------------------------------------------------------------------------------------- model selection

@@ -249,6 +249,26 @@ def mutual_information(mu, logvar, z_samples=None, seed=None, pool="all", entrop
     return total / n
 
 
+def mutual_information_from_log_density(log_q) -> float:
+    """``I_q(x; z)`` from the matrix ``log_q[i, j] = log q(z_i | x_j)`` with one ``z_i ~ q(z|x_i)`` per point, nats.
+
+    ``I ≈ mean_i [log q(z_i|x_i) − log (1/N) Σ_j q(z_i|x_j)]``: the estimator of :func:`mutual_information` with
+    ``pool="all"`` and ``entropy="sample"``, for any q whose density can be evaluated (a flow posterior). It is
+    exactly 0 when q(z|x) does not depend on x, and at most log N.
+
+    Args:
+        log_q: (N, N) finite log densities, row i the draw of point i, column j the conditioning point.
+
+    Raises:
+        ValueError: not a square matrix with N >= 2, or non-finite entries.
+    """
+    m = _tensor(log_q, "log_q", ndim=2)
+    n = m.shape[0]
+    if m.shape[1] != n or n < 2:
+        raise ValueError(f"log_q must be a square (N, N) matrix with N >= 2, got {tuple(m.shape)}")
+    return float((m.diagonal() - torch.logsumexp(m, dim=1) + math.log(n)).mean())
+
+
 # --------------------------------------------------------------------------------------------------- IWAE
 def iwae_log_likelihood(log_joint_fn, sample_fn, x, num_samples: int = 500, chunk: int = 100, seed=None,
                         return_log_weights: bool = False):

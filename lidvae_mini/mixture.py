@@ -40,7 +40,7 @@ from torch import nn
 
 from ._checks import as_float_array, check_choice, check_int, check_positive
 from .decoders import InjectiveDecoder, MLPDecoder, count_parameters, mlp_parameter_count
-from .encoders import LOG_2PI, make_encoder, mlp
+from .encoders import LOG_2PI, MEAN_SAMPLES, make_encoder, mlp
 from .vae import DecoderFacts
 
 KINDS = ("gmvae", "lidgmvae", "beta_gmvae")
@@ -233,10 +233,11 @@ class MixtureVAE(DecoderFacts, nn.Module):
         parts = self.elbo_parts(x, n_samples)
         return {"kl_y": parts["kl_y"], "kl_w": parts["kl_w"]}
 
-    def encode_mean(self, x: torch.Tensor, n_samples: int = 64) -> torch.Tensor:
+    def encode_mean(self, x: torch.Tensor, n_samples: int = MEAN_SAMPLES) -> torch.Tensor:
         """``E_q[w|x] = sum_y q(y|x) E_q[w|x, y]`` (after the flow), shape (B, K); AU_w is read off its variance.
 
-        Exact for a Gaussian ``q(w|x,y)``, Monte Carlo (``n_samples`` draws per cluster) for the RealNVP.
+        Exact for a Gaussian ``q(w|x,y)``, Monte Carlo for the RealNVP (``n_samples`` base draws, the same for every datapoint and cluster, so a
+        collapsed coordinate has variance exactly 0 across x: :meth:`ConditionalRealNVP.mean`).
         """
         probs = self.cluster_probs(x)
         C, B = self.num_clusters, x.shape[0]
@@ -431,7 +432,7 @@ def build_mixture_vae(kind: str, data_dim: int, latent_dim: int, num_clusters: i
 
 @torch.no_grad()
 def evaluate_mixture(model: MixtureVAE, x, labels=None, *, batch_size: int = 1000, n_samples: int = 1,
-                     mean_samples: int = 64, iwae_samples: int = 100, seed: int | None = None) -> dict:
+                     mean_samples: int = MEAN_SAMPLES, iwae_samples: int = 100, seed: int | None = None) -> dict:
     """Held-out metrics of a :class:`MixtureVAE` on the whole of ``x`` (no replacement), nats per datapoint.
 
     Returns a dict with

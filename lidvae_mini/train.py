@@ -33,6 +33,7 @@ import numpy as np
 import torch
 
 from ._checks import as_float_array, check_choice, check_int, check_positive
+from .encoders import MEAN_SAMPLES
 
 CHECKPOINT_FILE = "checkpoint.pt"
 OPTIMIZERS = ("adam", "rmsprop", "sgd")
@@ -140,7 +141,7 @@ def _all_finite(model) -> bool:
 
 
 @torch.no_grad()
-def evaluate(model, x, batch_size: int = 1000, n_samples: int = 1, mean_samples: int = 64, iwae_samples: int = 0,
+def evaluate(model, x, batch_size: int = 1000, n_samples: int = 1, mean_samples: int = MEAN_SAMPLES, iwae_samples: int = 0,
              seed: int | None = None) -> dict:
     """Held-out metrics of ``model`` on the whole of ``x`` (no replacement), in nats per datapoint.
 
@@ -150,7 +151,7 @@ def evaluate(model, x, batch_size: int = 1000, n_samples: int = 1, mean_samples:
       ``-E_q log p(x|z)``; ``kl``: mean ``KL(q(z|x) || p(z))`` (analytic for a Gaussian encoder);
     - ``kl_per_dim``: (K,) list, mean analytic KL per latent dimension (Gaussian encoder; else ``None``);
     - ``au``, ``au_fraction``, ``au_variances``: active units of the posterior means (paper §4.1, threshold
-      0.01, :func:`lidvae_mini.metrics.active_units`; means by ``mean_samples`` draws for a flow encoder);
+      0.01, :func:`lidvae_mini.metrics.active_units`; means by ``mean_samples`` draws, common to all datapoints, for a flow encoder);
     - ``iwae_ll`` (only when ``iwae_samples > 0``): mean importance-weighted log-likelihood with that many
       samples (:func:`lidvae_mini.metrics.iwae_log_likelihood`), ``>= -neg_elbo`` on average.
 

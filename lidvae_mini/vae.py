@@ -24,7 +24,7 @@ from torch import nn
 
 from ._checks import check_choice, check_data, check_int, check_positive
 from .decoders import InjectiveDecoder, MLPDecoder, count_parameters, matched_mlp_hidden
-from .encoders import make_encoder, standard_normal_log_prob
+from .encoders import MEAN_SAMPLES, make_encoder, standard_normal_log_prob
 
 KINDS = ("vae", "lidvae", "beta_vae")
 SUPPORTED_HEADS = ("bernoulli", "gaussian")
@@ -125,9 +125,9 @@ class VAE(DecoderFacts, nn.Module):
         self.check_x(x)
         return self.encoder.sample(x, n_samples)
 
-    def encode_mean(self, x: torch.Tensor, n_samples: int = 64) -> torch.Tensor:
+    def encode_mean(self, x: torch.Tensor, n_samples: int = MEAN_SAMPLES) -> torch.Tensor:
         """Posterior means ``E_q[z|x]``, shape (B, K): exact for a Gaussian encoder, a Monte Carlo average of
-        ``n_samples`` draws for the RealNVP encoder. Their variance over x defines the active units."""
+        ``n_samples`` draws, common to all datapoints, for the RealNVP encoder (:meth:`ConditionalRealNVP.mean`). Their variance over x defines the active units."""
         self.check_x(x)
         return self.encoder.mean(x, n_samples=n_samples)
 
