@@ -1,8 +1,8 @@
 """Two baselines against posterior collapse: SA-VAE (Kim et al. 2018) and aggressive training (He et al. 2019).
 
 The paper compares the LIDVAE with both in its Tables 1 and 2; the official code implements neither faithfully
-(its "lagging" VAE applies one stale gradient ten times and SA-VAE is missing: ``notes/reference-implementation.md``
-§3). This module implements both from their papers and public code, for any model that follows the VAE protocol
+(its "lagging" VAE applies one stale gradient ten times and SA-VAE is missing: the book's appendix *Errata of the
+reference implementation*, section "training protocol"). This module implements both from their papers and public code, for any model that follows the VAE protocol
 of :mod:`lidvae_mini.vae` (``loss(x, n_samples) -> (scalar, parts)``, ``encoder``/``decoder`` submodules).
 
 **SA-VAE** (semi-amortised VAE, Kim, Wiseman, Miller, Sontag & Rush, ICML 2018). The amortised Gaussian encoder

@@ -7,8 +7,8 @@ they hold:
 * :class:`ConditionalRealNVP`: the paper's "two-layer RealNVP" posterior (supplement C; Dinh et al. 2017):
   a Gaussian base from an MLP of x, then affine coupling layers with alternating masks whose scale and
   shift networks also see features of x, so the whole flow depends on x. (The official TensorFlow code
-  uses a volume-preserving flow that ignores x and never transforms two of the 64 dimensions; see
-  ``notes/reference-implementation.md`` §3.) The density is exact by the change of variables.
+  uses a volume-preserving flow that ignores x and never transforms two of the 64 dimensions; see the
+  book's appendix *Errata of the reference implementation*.) The density is exact by the change of variables.
 
 Common interface (``B`` datapoints of dimension ``D``, ``n`` samples, ``K`` latent dimensions):
 

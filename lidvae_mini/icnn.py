@@ -15,7 +15,8 @@ term :math:`(\\alpha/2)\\lVert u\\rVert^2` (``alpha > 0``), so that its gradient
 
     \\psi(u) = w_L^\\top z_L + a_L^\\top u + b_L + \\tfrac{\\alpha}{2}\\lVert u\\rVert^2 .
 
-Differences from the official code (see ``shared/notes/reference-implementation.md`` Sec. 2.3):
+Differences from the official code (``yixinwang/lidvae-public`` at commit ``8a0a6a5``; the book's appendix *Errata of the
+reference implementation* gives each with its evidence):
 
 - every layer lives in an :class:`torch.nn.ModuleList` / :class:`torch.nn.ParameterList`, so it is in
   ``parameters()`` and ``state_dict()``;

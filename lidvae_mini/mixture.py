@@ -21,7 +21,8 @@ Objective, per datapoint in nats, with ``y`` **summed exactly** (no sampling of 
 ``rec = sum_y q(y|x) E_q log p(x|w)``, ``KL_w = sum_y q(y|x) KL(q(w|x,y) || p(w|y))`` (Monte Carlo with the same
 draws) and ``KL_y = KL(q(y|x) || Cat(1/C))`` (exact). The β-GMVAE trains on ``rec - β (KL_w + KL_y)`` (β = 0.2 in the
 paper's tables); every reported ELBO is the β = 1 bound. The official code's defects (linear GMVAE decoder, an
-"IW-NLL" that is not an IWAE, no MI, majority-vote accuracy only; ``notes/reference-implementation.md`` §3, §5.2)
+"IW-NLL" that is not an IWAE, no MI, majority-vote accuracy only; the book's appendix *Errata of the reference
+implementation*)
 are avoided: :meth:`MixtureVAE.iwae_log_likelihood` is a per-datapoint IWAE with ``y`` enumerated, and
 :func:`evaluate_mixture` reports AU, KL, MI and both accuracies with the chance level.
 

@@ -4,7 +4,8 @@
 by minibatch stochastic gradients on the batch-mean negative objective ``rec + β·KL`` (β = 1 except for
 the β-VAE), and records per epoch the training and validation negative ELBO, KL and active units (AU).
 
-It fixes the training-protocol defects of the official code (``notes/reference-implementation.md`` §9):
+It fixes the training-protocol defects of the official code (``yixinwang/lidvae-public`` at commit ``8a0a6a5``; the
+book's appendix *Errata of the reference implementation*):
 
 * gradient clipping over **all** parameters (``model.parameters()``; nothing is kept in plain lists);
 * an explicit ``seed``: the same seed gives the same numbers on CPU (shuffling and dynamic binarisation use
