@@ -7,9 +7,9 @@ Every loader takes a ``data_dir``; without one it uses ``$LIDVAE_DATA``, else th
 from .paths import MissingDataError, data_dir, require_files
 from .official import OFFICIAL_DATASETS, load_official
 from .pinwheel import make_pinwheel
-from .images import (DATASETS, binarize, fixed_binarization, load_dataset, load_fashion_mnist, load_mnist,
-                     load_omniglot, load_omniglot_chardata, subsample_split)
+from .images import (DATASET_FILES, DATASETS, binarize, fixed_binarization, load_dataset, load_fashion_mnist,
+                     load_mnist, load_omniglot, load_omniglot_chardata, require_dataset, subsample_split)
 
 __all__ = ["MissingDataError", "data_dir", "require_files", "OFFICIAL_DATASETS", "load_official", "make_pinwheel",
-           "DATASETS", "load_dataset", "load_mnist", "load_fashion_mnist", "load_omniglot", "load_omniglot_chardata",
-           "binarize", "fixed_binarization", "subsample_split"]
+           "DATASETS", "DATASET_FILES", "require_dataset", "load_dataset", "load_mnist", "load_fashion_mnist",
+           "load_omniglot", "load_omniglot_chardata", "binarize", "fixed_binarization", "subsample_split"]

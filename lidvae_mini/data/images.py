@@ -66,6 +66,41 @@ _DOWNLOAD_BASE = {
 #: Names accepted by :func:`load_dataset`.
 DATASETS = ("pinwheel", "mnist", "fashion_mnist", "omniglot")
 
+#: Files :func:`load_dataset` reads for each name: ``{name: (sub-folder, {file: sha256}, source)}``; pinwheel is
+#: generated and needs none.
+DATASET_FILES = {
+    "pinwheel": None,
+    "mnist": ("mnist", MNIST_SHA256, MNIST_SOURCE),
+    "fashion_mnist": ("fashion-mnist", FASHION_MNIST_SHA256, FASHION_MNIST_SOURCE),
+    "omniglot": ("omniglot", OMNIGLOT_SHA256, OMNIGLOT_SOURCE),
+}
+
+
+def require_dataset(name: str, data_dir=None, verify: bool = True) -> Path | None:
+    """Check, without loading anything, that every file :func:`load_dataset` reads for ``name`` is on disk.
+
+    Use it before a long run (``python -m lidvae_mini.reproduce`` does) so that a missing file fails in
+    seconds, not after hours of training on the other datasets.
+
+    Args:
+        name: one of :data:`DATASETS`.
+        data_dir: data folder (see :func:`lidvae_mini.data.data_dir`).
+        verify: also check each file's SHA-256 (about 0.1 s per file).
+
+    Returns:
+        The folder holding the files, or ``None`` for a generated dataset (pinwheel).
+
+    Raises:
+        ValueError: unknown ``name`` (lists the valid names), or a checksum mismatch.
+        MissingDataError: files are absent; the message names all of them, the folder to put them in and
+            where to get them (the message of :func:`lidvae_mini.data.require_files`).
+    """
+    check_choice(name, "dataset", DATASETS)
+    if DATASET_FILES[name] is None:
+        return None
+    subdir, table, source = DATASET_FILES[name]
+    return require_files(subdir, tuple(table), root=data_dir, checksums=table if verify else None, source=source)
+
 
 # ----------------------------------------------------------------------------------------------------- IDX
 def read_idx(path: str | os.PathLike, expected_magic: int) -> np.ndarray:
