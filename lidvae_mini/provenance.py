@@ -17,6 +17,17 @@ from pathlib import Path
 import numpy as np
 
 METRICS_FILE = "metrics.json"
+
+#: The scale of a run, recorded as ``"scale"`` in its ``environment.json`` (run folders and committed summaries).
+#: Only ``paper`` is "full scale".
+SCALES = {
+    "ci": "the chapter defaults, as in the book build",
+    "cpu": "larger than the chapter defaults, below the paper's data size, model size, epochs or seed count",
+    "paper": "the paper's data size, model size, epochs and seed count",
+}
+#: Top-level keys of a chapter's metrics that are not results: ``params`` echoes the parameters, ``paper`` holds
+#: the paper's numbers for comparison.
+NON_RESULT_KEYS = ("params", "paper")
 TRACKED_PACKAGES = ("lidvae-mini", "numpy", "scipy", "jax", "jaxlib", "numpyro", "arviz", "torch",
                     "matplotlib", "papermill", "jupyter-book")
 
@@ -47,6 +58,38 @@ def save_metrics(metrics: dict, out_dir: str | os.PathLike | None) -> Path | Non
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(_plain(metrics), indent=2, sort_keys=True) + "\n")
     return path
+
+
+def check_scale(scale) -> str:
+    """Return ``scale`` if it is one of :data:`SCALES` (``ci``, ``cpu``, ``paper``).
+
+    Raises:
+        ValueError: anything else (``None`` included), naming the valid labels.
+    """
+    if scale not in SCALES:
+        raise ValueError(f"scale {scale!r} is not one of {', '.join(SCALES)} "
+                         f"({'; '.join(f'{k}: {v}' for k, v in SCALES.items())})")
+    return scale
+
+
+def _has_number(obj) -> bool:
+    if isinstance(obj, dict):
+        return any(_has_number(v) for v in obj.values())
+    if isinstance(obj, (list, tuple)):
+        return any(_has_number(v) for v in obj)
+    return isinstance(obj, (int, float)) and not isinstance(obj, bool) and math.isfinite(obj)
+
+
+def metrics_have_results(metrics) -> bool:
+    """Whether a chapter's metrics dict holds at least one result: a finite number outside :data:`NON_RESULT_KEYS`.
+
+    The rule behind "a run with empty results is not a success": a chapter that skipped every section (for
+    instance for missing data) still writes its ``params`` and the ``paper``'s numbers, but no number of its own.
+    Booleans, strings and ``None`` do not count. (For an aggregated summary, ``{"mean": ...}`` leaves count.)
+    """
+    if not isinstance(metrics, dict):
+        return False
+    return _has_number({k: v for k, v in metrics.items() if k not in NON_RESULT_KEYS})
 
 
 def git_commit(repo: str | os.PathLike | None = None) -> dict:

@@ -8,32 +8,73 @@ Usage::
 
 CHAPTER is a chapter's file stem in ``book/``. Parameters come from the chapter's single
 ``parameters`` cell; ``-f`` YAML files are applied in order, then ``-p key=value`` (values parsed as
-YAML: ``-p n=1e5`` is a float, ``-p data=official`` a string). An unknown chapter or parameter is an
-error before anything runs. The run folder (default ``runs/CHAPTER/<UTC timestamp>/``) receives
+YAML: ``-p n=1e5`` is a float, ``-p data=official`` a string). The run folder (default
+``runs/CHAPTER/<UTC timestamp>/``) receives
 
 - ``CHAPTER.ipynb``: the executed notebook;
 - ``params.yaml``: every parameter's resolved value (defaults included);
 - ``metrics.json``: written by the chapter itself (its ``out_dir`` parameter points here);
-- ``environment.json``: commit, package versions, devices, command line, start time and wall time.
+- ``environment.json``: commit, package versions, devices, command line, start time, wall time, ``status``
+  and ``scale``.
+
+Checks before anything runs (no run folder is made; exit status 2 for bad input, 1 for missing data):
+
+- an unknown chapter or parameter;
+- **data**: the datasets the resolved parameters ask for (:data:`CHAPTER_DATASETS`: e.g. ``datasets`` and, when
+  the depth sweep runs, ``sweep_dataset`` of ``08_images``) must be known names whose files are all on disk in
+  the chapter's data folder (its ``data_dir`` parameter, else ``$LIDVAE_DATA``, else ``~/.cache/lidvae_mini``).
+  Inside the book build a chapter may skip a section whose data are absent; a reproduce run may not.
+
+The **scale** (``ci``, ``cpu`` or ``paper``; see :data:`lidvae_mini.provenance.SCALES`) is recorded in
+``environment.json``. Without ``--scale`` it is ``ci`` when every parameter other than
+:data:`SCALE_NEUTRAL_PARAMETERS` has its chapter default, else ``cpu``: ``paper`` is never inferred, it must be
+claimed with ``--scale paper`` (only for the paper's data size, model size, epochs and seed count), and
+``--scale cpu`` or ``paper`` at the chapter defaults is an error.
+
+After the notebook ran, the status is ``completed`` only if the chapter wrote a ``metrics.json`` that holds a
+result (:func:`lidvae_mini.provenance.metrics_have_results`: a number outside ``params`` and ``paper``);
+otherwise it is ``failed: no results`` and the command exits with status 1.
 """
 from __future__ import annotations
 
 import argparse
 import datetime as _dt
 import json
+import os
 import sys
 import time
 from pathlib import Path
 
 import yaml
 
-from .provenance import METRICS_FILE, environment_info
+from .data import DATASETS, MissingDataError, require_dataset
+from .data.paths import ENV_VAR as DATA_ENV_VAR
+from .provenance import METRICS_FILE, SCALES, check_scale, environment_info, metrics_have_results
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
+#: Parameters that do not change a run's scale (which seed, where files go, which device).
+SCALE_NEUTRAL_PARAMETERS = ("seed", "out_dir", "data_dir", "device")
+
+#: For each chapter that reads data files: a function of the resolved parameters returning ``(dataset, why)``
+#: pairs, one per dataset the run will load (names of :data:`lidvae_mini.data.DATASETS`; ``why`` names the
+#: parameter that asks for it). Chapters not listed read no data files (02 and 03 use the official data shipped
+#: with the package or regenerate it, 07 generates its pinwheel). ``tests/test_reproduce.py`` checks that every
+#: chapter that can skip a section for missing data is listed here.
+CHAPTER_DATASETS = {
+    "06_lidvae": lambda p: [("mnist", "its MNIST section (always run)")],
+    "08_images": lambda p: ([(name, "datasets") for name in p["datasets"]]
+                            + ([(p["sweep_dataset"], "sweep_dataset")] if p["depths"] and p["sweep_methods"]
+                               else [])),
+}
+
 
 class ReproduceError(ValueError):
-    """Bad command-line input to ``reproduce`` (unknown chapter, unknown parameter, bad value)."""
+    """Bad command-line input to ``reproduce`` (unknown chapter, parameter, dataset or scale, bad value)."""
+
+
+class RunFailed(RuntimeError):
+    """The notebook ran but the run is not a result: it wrote no ``metrics.json``, or one without results."""
 
 
 def book_dir(path: str | Path | None = None) -> Path:
@@ -114,6 +155,88 @@ def resolve_parameters(defaults: dict, files: list[str], overrides: dict, chapte
     return resolved
 
 
+def datasets_needed(chapter: str, params: dict) -> list[tuple[str, str]]:
+    """``(dataset, why)`` pairs of the data files a run of ``chapter`` at ``params`` reads (see
+    :data:`CHAPTER_DATASETS`); ``[]`` for a chapter that reads none.
+
+    Raises:
+        ReproduceError: a name that is not one of :data:`lidvae_mini.data.DATASETS`, or a rule that no longer
+            matches the chapter's parameters.
+    """
+    rule = CHAPTER_DATASETS.get(chapter)
+    if rule is None:
+        return []
+    try:
+        pairs = list(rule(params))
+    except (KeyError, TypeError) as err:
+        raise ReproduceError(f"CHAPTER_DATASETS[{chapter!r}] does not match the chapter's parameters ({err!r}); "
+                             "update it in lidvae_mini/reproduce.py") from err
+    for name, why in pairs:
+        if name not in DATASETS:
+            raise ReproduceError(f"unknown dataset {name!r} (from {why}) for chapter {chapter}; "
+                                 f"choose from: {', '.join(DATASETS)}")
+    return pairs
+
+
+def _absolute_data_dir(value, base: Path):
+    """A relative data folder resolved against ``base`` (the caller's working directory): the chapter runs in
+    ``book/``, where a relative path would point elsewhere."""
+    if value in (None, ""):
+        return value
+    path = Path(str(value)).expanduser()
+    return str(path if path.is_absolute() else (base / path).resolve())
+
+
+def check_data(chapter: str, params: dict) -> None:
+    """Fail before any compute unless every data file a run of ``chapter`` at ``params`` reads is on disk.
+
+    The data folder is the ``data_dir`` parameter, else ``$LIDVAE_DATA``, else ``~/.cache/lidvae_mini``, as in
+    the chapter. Files are checked against their SHA-256 (:func:`lidvae_mini.data.require_dataset`).
+
+    Raises:
+        ReproduceError: an unknown dataset name.
+        MissingDataError: files are absent or damaged (wrong SHA-256); one message lists, for every dataset, the
+            files, the folder to put them in and where to get them.
+    """
+    problems, seen = [], set()
+    for name, why in datasets_needed(chapter, params):
+        if name in seen:
+            continue
+        seen.add(name)
+        try:
+            require_dataset(name, data_dir=params.get("data_dir"))
+        except (MissingDataError, ValueError) as err:
+            problems.append(f"- {name} (asked for by {why}): {err}")
+    if problems:
+        raise MissingDataError(f"{chapter} needs data files that are missing or damaged; nothing was run.\n"
+                               + "\n".join(problems) + f"\nPoint -p data_dir=DIR (where the chapter has it) or "
+                               f"${DATA_ENV_VAR} at the folder that holds them.")
+
+
+def infer_scale(defaults: dict, params: dict, scale: str | None = None) -> tuple[str, list[str]]:
+    """The run's scale label and the parameters that differ from the chapter defaults.
+
+    ``scale=None``: ``"ci"`` when no parameter outside :data:`SCALE_NEUTRAL_PARAMETERS` differs from its
+    default, else ``"cpu"`` (``"paper"`` is never inferred). A stated ``scale`` is kept, except that ``cpu`` or
+    ``paper`` at the chapter defaults is refused (the defaults are the ``ci`` scale by definition).
+
+    Raises:
+        ReproduceError: an unknown label, or ``cpu``/``paper`` claimed for the chapter defaults.
+    """
+    changed = sorted(k for k in params if k not in SCALE_NEUTRAL_PARAMETERS
+                     and _listify(params[k]) != _listify(defaults.get(k)))
+    if scale is None:
+        return ("cpu" if changed else "ci"), changed
+    try:
+        check_scale(scale)
+    except ValueError as err:
+        raise ReproduceError(str(err)) from None
+    if scale != "ci" and not changed:
+        raise ReproduceError(f"--scale {scale} claimed for a run at the chapter defaults, which are the ci scale: "
+                             "drop --scale, or set the parameters of the larger run")
+    return scale, changed
+
+
 def _describe(book: Path) -> str:
     lines = ["chapters (python -m lidvae_mini.reproduce CHAPTER -p key=value ...):"]
     for stem, nb in chapters(book).items():
@@ -126,12 +249,19 @@ def _describe(book: Path) -> str:
 
 
 def run(chapter: str, overrides: dict | None = None, param_files: list[str] | None = None,
-        out: str | Path | None = None, book: str | Path | None = None, timeout: int | None = None) -> Path:
+        out: str | Path | None = None, book: str | Path | None = None, timeout: int | None = None,
+        scale: str | None = None) -> Path:
     """Execute ``chapter`` with papermill and return the run folder (see module docstring).
 
+    ``scale``: ``"ci"``, ``"cpu"`` or ``"paper"``, recorded in ``environment.json``; ``None`` infers it
+    (:func:`infer_scale`).
+
     Raises:
-        ReproduceError: unknown chapter or parameter, before anything runs.
+        ReproduceError: unknown chapter, parameter, dataset or scale, before anything runs.
+        MissingDataError: a data file the run needs is absent, before anything runs (no run folder is made).
         papermill.PapermillExecutionError: a cell failed (the partial notebook is kept in the run folder).
+        RunFailed: the notebook ran but wrote no ``metrics.json``, or one without results; ``environment.json``
+            then records ``status: "failed: no results"``.
     """
     import papermill as pm
 
@@ -141,6 +271,22 @@ def run(chapter: str, overrides: dict | None = None, param_files: list[str] | No
         raise ReproduceError(f"unknown chapter {chapter!r}; choose one of: {', '.join(known)}")
     defaults = chapter_parameters(known[chapter])
     params = resolve_parameters(defaults, param_files or [], overrides or {}, chapter)
+    scale, changed = infer_scale(defaults, params, scale)
+    here = Path.cwd()
+    if "data_dir" in params:
+        params["data_dir"] = _absolute_data_dir(params["data_dir"], here)
+    saved_env = os.environ.get(DATA_ENV_VAR)
+    if saved_env:
+        os.environ[DATA_ENV_VAR] = _absolute_data_dir(saved_env, here)
+    try:
+        check_data(chapter, params)
+        return _execute(pm, chapter, known[chapter], bdir, defaults, params, scale, changed, out, timeout)
+    finally:
+        if saved_env:
+            os.environ[DATA_ENV_VAR] = saved_env
+
+
+def _execute(pm, chapter, notebook, bdir, defaults, params, scale, changed, out, timeout) -> Path:
     stamp = _dt.datetime.now(_dt.timezone.utc).strftime("%Y%m%dT%H%M%SZ")
     out_dir = Path(out) if out else Path("runs") / chapter / stamp
     out_dir = out_dir.resolve()
@@ -149,21 +295,30 @@ def run(chapter: str, overrides: dict | None = None, param_files: list[str] | No
         params["out_dir"] = str(out_dir)
     (out_dir / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=True))
     env = environment_info(bdir)
-    env.update(chapter=chapter, command=sys.argv, started_utc=stamp)
+    env.update(chapter=chapter, command=sys.argv, started_utc=stamp, scale=scale, changed_parameters=changed)
     start = time.perf_counter()
     try:
-        pm.execute_notebook(str(known[chapter]), str(out_dir / f"{chapter}.ipynb"), parameters=params,
+        pm.execute_notebook(str(notebook), str(out_dir / f"{chapter}.ipynb"), parameters=params,
                             cwd=str(bdir), kernel_name="python3", log_output=True, progress_bar=False,
                             execution_timeout=timeout)
+        if "out_dir" in defaults:
+            metrics_path = out_dir / METRICS_FILE
+            if not metrics_path.exists():
+                raise RunFailed(f"{chapter} finished but wrote no {METRICS_FILE} to {out_dir}")
+            if not metrics_have_results(json.loads(metrics_path.read_text())):
+                raise RunFailed(f"{chapter} finished but its {metrics_path} holds no results (no number outside "
+                                "'params' and 'paper'): did it skip every section? See the executed notebook "
+                                f"{out_dir / (chapter + '.ipynb')}")
         env["status"] = "completed"
+    except RunFailed:
+        env["status"] = "failed: no results"
+        raise
     except BaseException as err:  # keep the record of a failed or interrupted run, then re-raise
         env["status"] = f"failed: {type(err).__name__}"
         raise
     finally:
         env["wall_time_s"] = round(time.perf_counter() - start, 2)
         (out_dir / "environment.json").write_text(json.dumps(env, indent=2, sort_keys=True) + "\n")
-    if "out_dir" in defaults and not (out_dir / METRICS_FILE).exists():
-        raise RuntimeError(f"{chapter} finished but wrote no {METRICS_FILE} to {out_dir}")
     return out_dir
 
 
@@ -177,15 +332,23 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", help="run folder (default runs/CHAPTER/<UTC timestamp>/)")
     parser.add_argument("--book", help="book folder (default ./book or the clone holding this package)")
     parser.add_argument("--timeout", type=int, default=None, help="per-cell timeout in seconds (default none)")
+    parser.add_argument("--scale", choices=tuple(SCALES), default=None,
+                        help="scale label recorded in environment.json (default: ci at the chapter defaults, else "
+                             "cpu; paper only when stated, for the paper's data, model size, epochs and seeds)")
     args = parser.parse_args(argv)
     try:
         if not args.chapter:
             print(_describe(book_dir(args.book)))
             return 0
-        out = run(args.chapter, parse_overrides(args.param), args.params_file, args.out, args.book, args.timeout)
+        out = run(args.chapter, parse_overrides(args.param), args.params_file, args.out, args.book, args.timeout,
+                  scale=args.scale)
     except ReproduceError as err:
         parser.error(str(err))
-    print(f"run folder: {out}")
+    except (MissingDataError, RunFailed) as err:
+        print(f"{parser.prog}: error: {err}", file=sys.stderr)
+        return 1
+    env = json.loads((out / "environment.json").read_text())
+    print(f"run folder: {out} (scale {env['scale']}, status {env['status']})")
     return 0
 
 

@@ -5,7 +5,9 @@ import json
 
 import numpy as np
 
-from lidvae_mini.provenance import environment_info, save_metrics
+import pytest
+
+from lidvae_mini.provenance import SCALES, check_scale, environment_info, metrics_have_results, save_metrics
 
 
 def test_save_metrics_converts_arrays_and_non_finite(tmp_path):
@@ -36,3 +38,22 @@ def test_untracked_package_file_makes_the_tree_dirty(tmp_path):
     assert git_commit(tmp_path)["dirty"] is False
     (tmp_path / "lidvae_mini" / "new.py").write_text("y = 2\n")
     assert git_commit(tmp_path)["dirty"] is True
+
+
+def test_a_result_is_a_finite_number_outside_params_and_paper():
+    assert metrics_have_results({"gmvae": {"acc": 0.2}, "params": {"n": 5}})
+    assert metrics_have_results({"ll": {"mean": -2.0, "sd": None, "n": 1, "values": [-2.0]}})
+    assert metrics_have_results({"curve": [[0.0, 1.0]]})
+    # what a chapter that skipped everything writes: its parameters, the paper's numbers, empty containers
+    assert not metrics_have_results({"params": {"n": 5, "seeds": [0]}, "paper": {"mnist": [1.0, 1.8]},
+                                     "depth_sweep": {"dataset": "fashion_mnist", "results": {}}})
+    assert not metrics_have_results({"flag": True, "name": "x", "acc": None, "nan": float("nan")})
+    assert not metrics_have_results({}) and not metrics_have_results(None) and not metrics_have_results([1.0])
+
+
+def test_scale_labels():
+    assert tuple(SCALES) == ("ci", "cpu", "paper")
+    assert check_scale("paper") == "paper"
+    for bad in (None, "full", "CPU"):
+        with pytest.raises(ValueError, match="not one of ci, cpu, paper"):
+            check_scale(bad)
