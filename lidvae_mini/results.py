@@ -15,9 +15,22 @@ The summary folder has the same three files:
   elementwise (``mean`` and ``sd`` are then lists); other leaves that differ between runs are dropped;
 - ``params.yaml``: the parameters the runs share, with ``seed`` replaced by the list ``seeds``;
 - ``environment.json``: every run's environment (commit, versions, device, wall time) under ``runs``, with
-  ``commits``, ``dirty`` (true if any run was) and the total wall time.
+  ``commits``, ``dirty`` (true if any run was), the total wall time and the ``scale``.
 
-Chapters read a summary with :func:`load_result`, which finds the repository's ``results/`` folder.
+**Scale.** Every summary carries a scale label, ``"scale"`` in its ``environment.json``: ``ci``, ``cpu`` or
+``paper`` (:data:`lidvae_mini.provenance.SCALES`; only ``paper`` is full scale). ``aggregate`` takes it from the
+runs (``python -m lidvae_mini.reproduce`` records it) and refuses runs of different scales; runs that record none
+(made before the label existed) need ``--scale``, and a ``--scale`` that contradicts the runs is refused. An
+optional ``"scale_note"`` says why a label was chosen where that is not obvious.
+
+**What aggregate refuses** (with a message and exit status 2): runs of different chapters or scales, runs that
+differ in a parameter other than ``seed``, repeated seeds, runs with **empty results** (a ``metrics.json``
+without a number outside ``params`` and ``paper``, e.g. a chapter that skipped everything for missing data;
+:func:`lidvae_mini.provenance.metrics_have_results`), and runs whose status is not ``completed`` unless
+``--include-failed`` is given.
+
+Chapters read a summary with :func:`load_result`, which finds the repository's ``results/`` folder, and print
+:meth:`Result.provenance` (scale, commit, device, seeds, wall time) beside the table or figure made from it.
 """
 from __future__ import annotations
 
@@ -31,7 +44,7 @@ from pathlib import Path
 import numpy as np
 import yaml
 
-from .provenance import METRICS_FILE
+from .provenance import METRICS_FILE, SCALES, check_scale, metrics_have_results
 
 PARAMS_FILE = "params.yaml"
 ENVIRONMENT_FILE = "environment.json"
@@ -110,27 +123,36 @@ def _read_run(folder: Path) -> tuple[dict, dict, dict]:
             json.loads((folder / ENVIRONMENT_FILE).read_text()))
 
 
-def summarise_runs(run_dirs: list[str | Path], out: str | Path, include_failed: bool = False) -> Path:
+def summarise_runs(run_dirs: list[str | Path], out: str | Path, include_failed: bool = False,
+                   scale: str | None = None) -> Path:
     """Write the summary folder ``out`` (see the module docstring) of the run folders ``run_dirs``.
 
     ``include_failed`` admits runs whose notebook stopped with an error *after* writing ``metrics.json`` (a
     chapter assertion that failed at this scale is a result, not a crash); they are listed under ``failed`` in
-    ``environment.json`` with their status.
+    ``environment.json`` with their status. Runs with empty results are refused even then.
+
+    ``scale`` (``"ci"``, ``"cpu"`` or ``"paper"``): the summary's scale label. ``None`` takes the one the runs
+    record; runs that record none need it; a value the runs contradict is refused.
 
     Raises:
         FileNotFoundError: a run folder lacks one of its three files.
-        ValueError: the runs belong to different chapters, differ in a parameter other than ``seed``, did not
-            complete, or repeat a seed.
+        ValueError: the runs belong to different chapters or scales, hold empty results, differ in a parameter
+            other than ``seed``, did not complete, or repeat a seed; a missing or unknown scale label.
     """
     folders = [Path(d) for d in run_dirs]
     runs = [_read_run(f) for f in folders]
     chapters = {env.get("chapter") for _, _, env in runs}
     if len(chapters) != 1:
         raise ValueError(f"the runs are of different chapters: {sorted(map(str, chapters))}")
+    empty = [str(f) for f, (metrics, _, _) in zip(folders, runs) if not metrics_have_results(metrics)]
+    if empty:
+        raise ValueError(f"runs with empty results (no number outside 'params' and 'paper' in metrics.json; did "
+                         f"the chapter skip every section, e.g. for missing data?): {', '.join(empty)}")
     failed = [str(f) for f, (_, _, env) in zip(folders, runs) if env.get("status") != "completed"]
     if failed and not include_failed:
         raise ValueError(f"runs that did not complete: {', '.join(failed)} (include_failed / --include-failed "
                          "admits those that wrote their metrics)")
+    scale = _common_scale(folders, [env for _, _, env in runs], scale)
     params0 = {k: v for k, v in runs[0][1].items() if k not in PER_RUN_PARAMETERS}
     for f, (_, params, _) in zip(folders[1:], runs[1:]):
         rest = {k: v for k, v in params.items() if k not in PER_RUN_PARAMETERS}
@@ -150,14 +172,35 @@ def summarise_runs(run_dirs: list[str | Path], out: str | Path, include_failed: 
     (out / PARAMS_FILE).write_text(yaml.safe_dump({**params0, "seeds": seeds}, sort_keys=True))
     envs = [env for _, _, env in runs]
     commits = sorted({(env.get("git") or {}).get("commit") or "unknown" for env in envs})
-    environment = {"chapter": chapters.pop(), "n_runs": len(envs), "seeds": seeds, "commits": commits,
-                   "dirty": any((env.get("git") or {}).get("dirty") for env in envs),
+    environment = {"chapter": chapters.pop(), "scale": scale, "n_runs": len(envs), "seeds": seeds,
+                   "commits": commits, "dirty": any((env.get("git") or {}).get("dirty") for env in envs),
                    "wall_time_s_total": round(sum(env.get("wall_time_s") or 0.0 for env in envs), 2),
                    "failed": [{"seed": s, "status": env.get("status")} for s, env in zip(seeds, envs)
                               if env.get("status") != "completed"],
                    "runs": envs}
     (out / ENVIRONMENT_FILE).write_text(json.dumps(environment, indent=2, sort_keys=True) + "\n")
     return out
+
+
+def _common_scale(folders: list[Path], envs: list[dict], scale: str | None) -> str:
+    """The one scale label of the runs (or ``scale`` for runs that record none); see :func:`summarise_runs`."""
+    if scale is not None:
+        check_scale(scale)
+    recorded = {str(f): env.get("scale") for f, env in zip(folders, envs)}
+    for f, s in recorded.items():
+        if s is not None and s not in SCALES:
+            raise ValueError(f"{f} records an unknown scale {s!r} (expected one of {', '.join(SCALES)})")
+    labels = sorted({s for s in recorded.values() if s is not None})
+    if len(labels) > 1:
+        raise ValueError("the runs are of different scales, which one summary must not mix: "
+                         + "; ".join(f"{f}: {s}" for f, s in recorded.items()))
+    if labels and scale is not None and labels[0] != scale:
+        raise ValueError(f"--scale {scale} contradicts the runs, which record scale {labels[0]}")
+    unlabelled = [f for f, s in recorded.items() if s is None]
+    if unlabelled and scale is None:
+        raise ValueError(f"runs that record no scale: {', '.join(unlabelled)}; say which it is with --scale "
+                         f"{{{','.join(SCALES)}}} ({'; '.join(f'{k}: {v}' for k, v in SCALES.items())})")
+    return scale or labels[0]
 
 
 @dataclass
@@ -169,8 +212,31 @@ class Result:
     params: dict
     environment: dict
 
+    @property
+    def scale(self) -> str:
+        """The scale label, ``"ci"``, ``"cpu"`` or ``"paper"`` (``"scale"`` in ``environment.json``).
+
+        Raises:
+            ValueError: the folder records no scale or an unknown one.
+        """
+        try:
+            return check_scale(self.environment.get("scale"))
+        except ValueError as err:
+            raise ValueError(f"{self.path}: environment.json needs a 'scale' label: {err}") from None
+
+    @property
+    def scale_note(self) -> str | None:
+        """Why the label was chosen, where ``environment.json`` says (``"scale_note"``), else ``None``."""
+        return self.environment.get("scale_note")
+
     def provenance(self) -> str:
-        """One line: commit(s), device, seeds and wall time, for a caption under a table or figure."""
+        """One line for a caption under a table or figure: the scale first, then the folder, commit(s), device,
+        seeds and wall time, and the scale note if there is one.
+
+        Raises:
+            ValueError: the folder records no valid scale label.
+        """
+        scale = self.scale
         env = self.environment
         commits = env.get("commits") or [(env.get("git") or {}).get("commit") or "unknown"]
         runs = env.get("runs") or [env]
@@ -183,8 +249,10 @@ class Result:
         if failed:
             dirty += f"; runs that failed after writing their metrics: seeds {[f['seed'] for f in failed]}"
         wall_txt = f"{wall / 60:.0f} min" if isinstance(wall, (int, float)) else "unknown"
-        return (f"results/{self.path.parent.name}/{self.path.name}: commit {', '.join(c[:7] for c in commits)}{dirty}; "
-                f"{device}; seeds {seeds}; wall time {wall_txt}")
+        note = f". Scale note: {self.scale_note}" if self.scale_note else ""
+        return (f"{scale} scale ({SCALES[scale]}); "
+                f"results/{self.path.parent.name}/{self.path.name}: commit {', '.join(c[:7] for c in commits)}{dirty}; "
+                f"{device}; seeds {seeds}; wall time {wall_txt}{note}")
 
 
 def per_seed(node: dict):
@@ -219,15 +287,20 @@ def load_result(chapter: str, setting: str, root: str | Path | None = None) -> R
     """The committed summary ``results/CHAPTER/SETTING``, or ``None`` when it is not there (e.g. in Colab,
     where only the package is installed: clone the repository to see committed results).
 
+    The result's scale label is :attr:`Result.scale`; :meth:`Result.provenance` starts with it.
+
     Raises:
         FileNotFoundError: the folder exists but lacks ``metrics.json``, ``params.yaml`` or ``environment.json``.
+        ValueError: its ``environment.json`` records no valid scale label (``ci``, ``cpu``, ``paper``).
     """
     base = results_dir(root)
     if base is None or not (base / chapter / setting).is_dir():
         return None
     folder = base / chapter / setting
     metrics, params, env = _read_run(folder)
-    return Result(folder, metrics, params, env)
+    result = Result(folder, metrics, params, env)
+    result.scale   # noqa: B018 - a committed result without a valid scale label is an error here, not in a caption
+    return result
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -238,12 +311,16 @@ def main(argv: list[str] | None = None) -> int:
     agg.add_argument("--out", required=True, help="summary folder to write, e.g. results/CHAPTER/SETTING")
     agg.add_argument("--include-failed", action="store_true",
                      help="admit runs that failed after writing metrics.json (listed as failed in the summary)")
+    agg.add_argument("--scale", choices=tuple(SCALES), default=None,
+                     help="scale label of the summary (default: the one the runs record; required for runs that "
+                          "record none; refused if the runs record another)")
     args = parser.parse_args(argv)
     try:
-        out = summarise_runs(args.runs, args.out, include_failed=args.include_failed)
+        out = summarise_runs(args.runs, args.out, include_failed=args.include_failed, scale=args.scale)
     except (FileNotFoundError, ValueError) as err:
         parser.error(str(err))
-    print(f"summary of {len(args.runs)} runs: {out}")
+    scale = json.loads((out / ENVIRONMENT_FILE).read_text())["scale"]
+    print(f"summary of {len(args.runs)} runs ({scale} scale): {out}")
     return 0
 
 

@@ -14,13 +14,16 @@ from lidvae_mini.results import aggregate_metrics, load_result, main, mean_sd_te
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def _run(folder: Path, seed: int, metrics: dict, chapter="07_lidgmvae_pinwheel", status="completed", **params):
+def _run(folder: Path, seed: int, metrics: dict, chapter="07_lidgmvae_pinwheel", status="completed", scale="cpu",
+         **params):
     folder.mkdir(parents=True)
     (folder / "metrics.json").write_text(json.dumps(metrics))
     (folder / "params.yaml").write_text(yaml.safe_dump({"seed": seed, "out_dir": str(folder), "epochs": 5, **params}))
-    (folder / "environment.json").write_text(json.dumps({"chapter": chapter, "status": status, "wall_time_s": 60.0,
-                                                         "git": {"commit": "a" * 40, "dirty": False},
-                                                         "device": {"cpu_count": 2, "torch_cuda": []}}))
+    env = {"chapter": chapter, "status": status, "wall_time_s": 60.0, "git": {"commit": "a" * 40, "dirty": False},
+           "device": {"cpu_count": 2, "torch_cuda": []}}
+    if scale is not None:
+        env["scale"] = scale
+    (folder / "environment.json").write_text(json.dumps(env))
     return folder
 
 
@@ -62,6 +65,7 @@ def test_summary_folder_orders_seeds_and_records_every_run(tmp_path):
     assert params == {"epochs": 5, "seeds": [0, 1, 2]}
     env = json.loads((out / "environment.json").read_text())
     assert env["n_runs"] == 3 and env["wall_time_s_total"] == 180.0 and env["commits"] == ["a" * 40]
+    assert env["scale"] == "cpu"
 
 
 @pytest.mark.parametrize("change, match", [
@@ -69,6 +73,8 @@ def test_summary_folder_orders_seeds_and_records_every_run(tmp_path):
     (dict(chapter="08_images"), "different chapters"),
     (dict(status="failed: KeyboardInterrupt"), "did not complete"),
     (dict(seed=0), "seed occurs twice"),
+    (dict(scale="paper"), "different scales"),
+    (dict(scale="full"), "unknown scale 'full'"),
 ])
 def test_summary_refuses_runs_that_do_not_belong_together(tmp_path, change, match):
     a = _run(tmp_path / "a", 0, {"acc": 1.0})
@@ -93,10 +99,62 @@ def test_command_line_writes_the_summary_and_load_result_reads_it(tmp_path, caps
     assert res.metrics["acc"]["mean"] == pytest.approx(0.125) and res.params["seeds"] == [0, 1]
     line = res.provenance()
     assert "commit aaaaaaa" in line and "seeds [0, 1]" in line and "2 min" in line and "CPU (2 cores)" in line
+    assert res.scale == "cpu" and line.startswith("cpu scale (") and "below the paper's" in line
+    assert "(cpu scale)" in capsys.readouterr().out
     assert load_result("07_lidgmvae_pinwheel", "gpu", root=tmp_path / "results") is None
     with pytest.raises(SystemExit):
         main(["aggregate", str(tmp_path / "nowhere"), "--out", str(tmp_path / "x")])
     assert "missing" in capsys.readouterr().err
+
+
+def test_empty_results_are_refused_even_with_include_failed(tmp_path, capsys):
+    """A run that skipped everything (its metrics hold only params and the paper's numbers) is not a result."""
+    a = _run(tmp_path / "a", 0, {"acc": 1.0, "params": {"n": 5}})
+    b = _run(tmp_path / "b", 1, {"params": {"n": 5}, "paper": {"ll": -95.4}, "sweep": {"dataset": "x", "results": {}}})
+    for include_failed in (False, True):
+        with pytest.raises(ValueError, match=f"empty results .*{b}"):
+            summarise_runs([a, b], tmp_path / "out", include_failed=include_failed)
+    with pytest.raises(SystemExit) as exit_:
+        main(["aggregate", str(a), str(b), "--out", str(tmp_path / "out"), "--include-failed"])
+    err = capsys.readouterr().err
+    assert exit_.value.code == 2 and "empty results" in err and str(b) in err
+    assert not (tmp_path / "out").exists()
+
+
+def test_command_line_refuses_runs_that_did_not_complete_unless_asked(tmp_path, capsys):
+    a = _run(tmp_path / "a", 0, {"acc": 1.0})
+    b = _run(tmp_path / "b", 1, {"acc": 0.2}, status="failed: PapermillExecutionError")
+    with pytest.raises(SystemExit) as exit_:
+        main(["aggregate", str(a), str(b), "--out", str(tmp_path / "out")])
+    err = capsys.readouterr().err
+    assert exit_.value.code == 2 and "did not complete" in err and str(b) in err and "--include-failed" in err
+    assert main(["aggregate", str(a), str(b), "--out", str(tmp_path / "out"), "--include-failed"]) == 0
+
+
+def test_scale_of_runs_that_record_none_must_be_stated_and_must_not_contradict(tmp_path, capsys):
+    old = [_run(tmp_path / f"s{s}", s, {"acc": 0.5}, scale=None) for s in (0, 1)]
+    with pytest.raises(ValueError, match="record no scale.*--scale"):
+        summarise_runs(old, tmp_path / "out")
+    out = summarise_runs(old, tmp_path / "results" / "07_lidgmvae_pinwheel" / "cpu", scale="cpu")
+    assert json.loads((out / "environment.json").read_text())["scale"] == "cpu"
+    assert load_result("07_lidgmvae_pinwheel", "cpu", root=tmp_path / "results").scale == "cpu"
+    labelled = _run(tmp_path / "s2", 2, {"acc": 0.5}, scale="cpu")
+    with pytest.raises(ValueError, match="--scale paper contradicts the runs, which record scale cpu"):
+        summarise_runs([labelled], tmp_path / "out2", scale="paper")
+    with pytest.raises(SystemExit) as exit_:
+        main(["aggregate", *map(str, old), "--out", str(tmp_path / "out3")])
+    assert exit_.value.code == 2 and "record no scale" in capsys.readouterr().err
+
+
+def test_load_result_refuses_a_folder_without_a_scale_label(tmp_path):
+    folder = _run(tmp_path / "results" / "07_lidgmvae_pinwheel" / "x", 0, {"acc": 1.0}, scale=None)
+    with pytest.raises(ValueError, match="needs a 'scale' label"):
+        load_result("07_lidgmvae_pinwheel", "x", root=tmp_path / "results")
+    env = json.loads((folder / "environment.json").read_text())
+    (folder / "environment.json").write_text(json.dumps({**env, "scale": "paper", "scale_note": "why"}))
+    res = load_result("07_lidgmvae_pinwheel", "x", root=tmp_path / "results")
+    assert res.scale == "paper" and res.provenance().startswith("paper scale (the paper's data size")
+    assert res.provenance().endswith("Scale note: why")
 
 
 def _committed_result_folders():
@@ -111,6 +169,7 @@ def test_committed_results_are_complete_and_traceable(folder):
     res = load_result(folder.parent.name, folder.name, root=ROOT / "results")
     assert (ROOT / "book" / f"{folder.parent.name}.md").exists()
     assert f"{folder.parent.name}/{folder.name}" in (ROOT / "results" / "README.md").read_text()
+    assert res.metrics and any(k not in ("params", "paper") for k in res.metrics)
     env = res.environment
     commits = env.get("commits") or [env["git"]["commit"]]
     shallow = subprocess.run(["git", "rev-parse", "--is-shallow-repository"], cwd=ROOT, capture_output=True,
@@ -119,6 +178,22 @@ def test_committed_results_are_complete_and_traceable(folder):
         for c in commits:
             ok = subprocess.run(["git", "cat-file", "-e", f"{c}^{{commit}}"], cwd=ROOT, capture_output=True)
             assert ok.returncode == 0, f"{folder}: commit {c} is not in this repository's history"
+
+
+@pytest.mark.parametrize("folder", _committed_result_folders(), ids=lambda p: f"{p.parent.name}/{p.name}")
+def test_committed_results_carry_a_scale_label_shown_in_their_provenance_and_readme(folder):
+    """Every results/CHAPTER/SETTING records "scale" (ci, cpu or paper) in environment.json; load_result exposes
+    it, the provenance line chapters print starts with it, and results/README.md's row for it names it."""
+    from lidvae_mini.provenance import SCALES, metrics_have_results
+
+    env = json.loads((folder / "environment.json").read_text())
+    assert env.get("scale") in SCALES, f"{folder}: no valid scale label"
+    res = load_result(folder.parent.name, folder.name, root=ROOT / "results")
+    assert res.scale == env["scale"] and res.provenance().startswith(f"{res.scale} scale (")
+    assert metrics_have_results(res.metrics)
+    rows = [line for line in (ROOT / "results" / "README.md").read_text().splitlines()
+            if line.startswith(f"| `{folder.parent.name}/{folder.name}` |")]
+    assert len(rows) == 1 and f"| `{res.scale}` |" in rows[0], f"results/README.md: no row with the scale of {folder}"
 
 
 def test_per_seed_values_and_their_text():
