@@ -207,3 +207,14 @@ def test_run_whose_metrics_hold_no_result_is_not_completed(tiny_book, tmp_path, 
     err = capsys.readouterr().err
     assert "holds no results" in err and "did it skip every section" in err
     assert json.loads((tmp_path / "cli" / "environment.json").read_text())["status"] != "completed"
+
+
+def test_damaged_data_file_is_reported_like_a_missing_one(tmp_path):
+    from lidvae_mini.data import MissingDataError
+
+    (tmp_path / "omniglot").mkdir()
+    for name in ("images_background.npz", "images_evaluation.npz"):
+        (tmp_path / "omniglot" / name).write_bytes(b"not the file")
+    p = reproduce.chapter_parameters(BOOK / "08_images.ipynb")
+    with pytest.raises(MissingDataError, match="(?s)nothing was run.*omniglot .*checksum mismatch"):
+        reproduce.check_data("08_images", {**p, "datasets": ["omniglot"], "depths": [], "data_dir": str(tmp_path)})
