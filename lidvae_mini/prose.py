@@ -1,0 +1,96 @@
+"""Sentences generated from numbers: how chapters quote results without typing them.
+
+The book's rule: prose never hand-types a number that a cell computes or that a committed result holds; the
+sentence is built from the values, so it stays true when the chapter or the result is rerun. A chapter builds
+such a sentence with these helpers and shows it with ``IPython.display.Markdown`` (in a cell tagged
+``hide-input`` with the cell option ``mystnb: {markdown_format: myst}``, so that ``$...$`` math and
+``{ref}`` links render in the book). ``tests/test_prose_numbers.py`` checks the numbers that are still typed.
+"""
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+
+_WORDS = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine", "ten", "eleven",
+          "twelve")
+
+
+def number_word(k: int) -> str:
+    """``k`` in words up to twelve (``"eight"``), in digits above.
+
+    Raises:
+        ValueError: ``k`` is negative or not an integer.
+    """
+    if int(k) != k or k < 0:
+        raise ValueError(f"number_word needs a non-negative integer, got {k!r}")
+    k = int(k)
+    return _WORDS[k] if k < len(_WORDS) else str(k)
+
+
+def count_of(k: int, n: int) -> str:
+    """``"eight of ten"``; ``"all ten"`` when ``k == n``; ``"none of the ten"`` when ``k == 0``.
+
+    Raises:
+        ValueError: not ``0 <= k <= n``.
+    """
+    if not 0 <= k <= n:
+        raise ValueError(f"count_of needs 0 <= k <= n, got k={k}, n={n}")
+    if k == n:
+        return "both" if n == 2 else f"all {number_word(n)}"
+    if k == 0:
+        return f"none of the {number_word(n)}"
+    return f"{number_word(k)} of {number_word(n)}"
+
+
+def span(values, digits: int = 2, joiner: str = " to ") -> str:
+    """``"0.98 to 1.00"``: the smallest and largest finite value at ``digits`` decimals, one number if they
+    print alike; ``"n/a"`` without finite values. A negative number is written with the Unicode minus."""
+    v = np.asarray(values, dtype=float)
+    v = v[np.isfinite(v)]
+    if v.size == 0:
+        return "n/a"
+    lo, hi = fmt(v.min(), digits), fmt(v.max(), digits)
+    return lo if lo == hi else f"{lo}{joiner}{hi}"
+
+
+def fmt(x: float, digits: int = 2) -> str:
+    """``x`` at ``digits`` decimals, with the Unicode minus ``−`` for negative numbers (``-0.00`` prints as
+    ``0.00``)."""
+    s = f"{float(x):.{digits}f}"
+    if s.startswith("-") and float(s) == 0:
+        s = s[1:]
+    return s.replace("-", "−")
+
+
+def sci(x: float, digits: int = 1) -> str:
+    """``x`` in scientific notation for LaTeX math: ``"1.8 \\times 10^{-5}"``; plain :func:`fmt` for
+    ``1e-2 <= |x| < 1e3`` (and ``"0"`` for zero)."""
+    x = float(x)
+    if x == 0:
+        return "0"
+    if 1e-2 <= abs(x) < 1e3:
+        return fmt(x, digits + 1)
+    mantissa, exponent = f"{x:.{digits}e}".split("e")
+    return f"{mantissa.replace('-', '−')} \\times 10^{{{int(exponent)}}}"
+
+
+def listing(items: Sequence) -> str:
+    """``"4"``, ``"4 and 6"``, ``"1, 4 and 6"``."""
+    items = [str(i) for i in items]
+    if len(items) <= 1:
+        return "".join(items)
+    return ", ".join(items[:-1]) + " and " + items[-1]
+
+
+def result_tag(result) -> str:
+    """``"results/CHAPTER/SETTING, cpu scale, commit 5d2634b"``: where a number comes from, for a sentence
+    that quotes a committed result (:class:`lidvae_mini.results.Result`; its ``provenance()`` is the long form).
+
+    Raises:
+        ValueError: the result records no valid scale label.
+    """
+    env = result.environment
+    commits = env.get("commits") or [(env.get("git") or {}).get("commit") or "unknown"]
+    return (f"results/{result.path.parent.name}/{result.path.name}, {result.scale} scale, "
+            f"commit {', '.join(c[:7] for c in commits)}")
