@@ -35,9 +35,9 @@ test: install
 unit: install
 	$(PYTHON) -m pytest tests
 
-# Regenerate every chapter's .ipynb from its MyST .md (keeps cell ids; never the other way round).
+# Regenerate every notebook's .ipynb from its MyST .md (keeps cell ids; never the other way round).
 pairs:
-	jupytext --to ipynb --update book/[0-9]*.md
+	jupytext --to ipynb --update book/[0-9]*.md book/errata.md
 
 clean:
 	jupyter-book clean --all .

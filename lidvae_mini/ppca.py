@@ -11,7 +11,8 @@ Model (paper, supplement A.1), for datapoints ``n = 1..N``, latent dimension ``M
 **Zero mean.** The official model has no mean term and its data are generated with mean zero, so
 every function here assumes ``E[x] = 0`` and never centres the data (the sample covariance is
 ``S = X^T X / N``). The official datasets have column means below 0.08 in absolute value (under 4%
-of each column's sd); centring would change the eigenvalues of ``S`` by at most 0.2%. Centre ``x``
+of each column's sd); centring changes the small eigenvalues of ``S`` by about 1% (``oned``'s lambda_2) and
+less for the others (chapter 02 prints them). Centre ``x``
 yourself if you need the model with a free mean.
 
 **Units.** Log densities and KL divergences are in nats. ``log_likelihood`` is summed over
