@@ -20,7 +20,10 @@ What is here:
   sampled by :func:`sample_alpha` with :func:`lidvae_mini.hmc.run_nuts`, with label switching handled by
   :func:`relabel`;
 - :func:`distance_to_beta`: KS statistic and Wasserstein-1 distance of ``alpha`` draws to Beta(5, 5);
-- figures :func:`plot_loglik_alpha` and :func:`plot_alpha_histograms` (Figure 4a and 4b).
+- :func:`fixed_alpha_posterior`: the exact posterior of ``alpha`` at fixed components (by quadrature), and
+  :func:`fixed_posteriors_at_ml`: that posterior at the selected and at the strict ML point;
+- figures :func:`plot_loglik_alpha`, :func:`plot_alpha_histograms` (Figure 4a and 4b) and
+  :func:`plot_alpha_cdfs` (exact posteriors against the prior).
 
 Units: log-likelihoods are in nats, either total over the data or per datapoint (the mean), as named.
 
@@ -321,6 +324,12 @@ class MLResult:
         """Total log-likelihood gain of two distinct components over one Gaussian (nats)."""
         return self.loglik_two_components - self.loglik_one_gaussian
 
+    @property
+    def params_strict(self) -> GMMParams:
+        """The optimiser's best point with no selection (what ``fit_ml(select=None)`` returns): the highest
+        likelihood found. It differs from ``params`` only when :func:`fit_ml` selected the one-Gaussian point."""
+        return self.params_two_components if self.params_two_components is not None else self.params
+
 
 def _canonical(p) -> GMMParams:
     alpha, mu1, s1, mu2, s2 = (float(v) for v in p)
@@ -494,8 +503,8 @@ def fit_ml(y, method: str = "lbfgs", n_restarts: int = 8, seed: int = 0, select:
     a continuum of maximisers: ``mu1 = mu2``, ``sigma1 = sigma2`` at the data's mean and sd with **any**
     ``alpha``, and also ``alpha in {0, 1}`` with the unused component anywhere. On a finite sample the
     optimiser usually finds two slightly different components that fit sampling noise, a fraction of a nat
-    better than one Gaussian in total (about 0.4 nats on the official 10^4 points, i.e. 4e-5 nats per
-    datapoint), and at such a point ``alpha`` is pinned down by the noise. With ``select="bic"`` (the
+    better than one Gaussian in total (0.86 nats on the official 10^4 single-Gaussian points, i.e. 9e-5 nats
+    per datapoint), and at such a point ``alpha`` is pinned down by the noise (see :func:`fixed_posteriors_at_ml`). With ``select="bic"`` (the
     default) the second component is kept only if it pays for its three extra parameters,
     ``2 * gain > 3 * log(N)`` (BIC); otherwise the one-Gaussian point of the ridge is returned
     (``degenerate=True``, ``alpha`` reported as 0.5), the simplest maximiser the data support. With
@@ -711,6 +720,136 @@ def ks_threshold(ess: float, level: float = 0.01) -> float:
 
 
 # --------------------------------------------------------------------------------------------------
+# Exact posterior of alpha at fixed components
+# --------------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class ExactAlphaPosterior:
+    """The posterior ``p(alpha | y; theta)`` at fixed components, by quadrature (no sampling).
+
+    Attributes:
+        params: the fixed point (its ``alpha`` is the ML weight there, reported only; ``theta`` is the rest).
+        grid: quadrature nodes in [0, 1], shape ``(G,)``, sorted.
+        density: posterior density at ``grid``, shape ``(G,)``; integrates to 1 by the trapezoid rule.
+        cdf: posterior CDF at ``grid``, shape ``(G,)``.
+        prior_cdf: Beta CDF at ``grid``, shape ``(G,)``.
+        loglik_spread: ``max - min`` of the total log-likelihood ``sum_i log p(y_i | alpha; theta)`` over the
+            uniform nodes in (0, 1) (nats); exactly 0 when the components are equal (Definition 2 for ``alpha``).
+        prior: Beta parameters of the prior.
+        mode: the posterior mode (maximised to 1e-12).
+        log_marginal: the marginal likelihood ``log p(y; theta) = log int Beta(alpha) prod_i p(y_i | alpha; theta)
+            d alpha`` (total nats), the quantity whose maximiser is the paper's ``theta-hat`` (§2.2); equal to the
+            one-Gaussian log-likelihood when the components are equal.
+    """
+
+    params: GMMParams
+    grid: np.ndarray
+    density: np.ndarray
+    cdf: np.ndarray
+    prior_cdf: np.ndarray
+    loglik_spread: float
+    prior: tuple
+    mode: float
+    log_marginal: float
+
+    def summary(self) -> dict:
+        """``alpha_mean``, ``alpha_sd``, ``mode``, ``ks`` (largest CDF gap to the prior), ``w1`` (area between
+        the CDFs, the Wasserstein-1 distance) and ``loglik_spread_nats``; integrals by the trapezoid rule."""
+        g, d = self.grid, self.density
+        mean = float(np.trapezoid(g * d, g))
+        sd = float(np.sqrt(max(np.trapezoid((g - mean) ** 2 * d, g), 0.0)))
+        gap = np.abs(self.cdf - self.prior_cdf)
+        return {"alpha_mean": mean, "alpha_sd": sd, "mode": self.mode, "ks": float(gap.max()),
+                "w1": float(np.trapezoid(gap, g)), "loglik_spread_nats": self.loglik_spread,
+                "log_marginal_nats": self.log_marginal}
+
+
+def fixed_alpha_posterior(y, params, prior=PRIOR, n_grid: int = 501, n_window: int = 501) -> ExactAlphaPosterior:
+    """Exact posterior of ``alpha`` with the components fixed at ``params`` (setting (a) of Figure 4b).
+
+    ``log p(alpha | y; theta) = log Beta(alpha | prior) + sum_i log[alpha f1(y_i) + (1 - alpha) f2(y_i)] + const``
+    is concave in ``alpha`` (for prior parameters >= 1), so the posterior is unimodal. It is evaluated on the
+    union of ``n_grid`` uniform nodes on [0, 1] and ``n_window`` nodes on the mode +- 20 Laplace standard
+    deviations (so a spike of width ``1/sqrt(N)`` is resolved), and normalised by the trapezoid rule. With
+    equal components the likelihood term is exactly 0 and the result is the prior, up to quadrature error
+    (below 1e-5 in ``ks`` at the defaults). Theorem 1 at this ``theta``: the posterior equals the prior if and
+    only if ``loglik_spread`` is 0.
+
+    Args:
+        y: data, shape ``(N,)``.
+        params: :class:`GMMParams` or ``(alpha, mu1, sigma1, mu2, sigma2)``; ``alpha`` is not used.
+        prior: Beta parameters, both >= 1 (a bounded prior density).
+        n_grid, n_window: numbers of uniform and window nodes (each >= 101).
+
+    Returns:
+        :class:`ExactAlphaPosterior`.
+
+    Raises:
+        ValueError: bad ``y`` or ``params``; a prior parameter below 1; too few nodes.
+    """
+    y = as_float_array(y, "y", ndim=1)
+    p = _check_params(params)
+    a, b = (float(v) for v in as_float_array(prior, "prior", shape=(2,)))
+    if a < 1 or b < 1:
+        raise ValueError(f"prior parameters must be >= 1 (a bounded, log-concave density), got ({a}, {b})")
+    n_grid, n_window = check_int(n_grid, "n_grid", minimum=101), check_int(n_window, "n_window", minimum=101)
+    beta = stats.beta(a, b)
+    lp1, lp2 = _normal_logpdf(y, p.mu1, p.sigma1), _normal_logpdf(y, p.mu2, p.sigma2)
+    equal = bool(np.all(lp1 == lp2))
+
+    def total_loglik(alpha: np.ndarray) -> np.ndarray:   # sum_i log p(y_i | alpha) - sum_i lp2_i, shape (G,)
+        if equal:
+            return np.zeros(len(alpha))
+        return len(y) * (log_likelihood_alpha(y, alpha, (p.mu1, p.mu2), (p.sigma1, p.sigma2)) - lp2.mean())
+
+    def log_prior(alpha: np.ndarray) -> np.ndarray:
+        with np.errstate(divide="ignore"):
+            return beta.logpdf(alpha)
+
+    uniform = np.linspace(0.0, 1.0, n_grid)
+    ll_u = total_loglik(uniform)
+    k = int(np.argmax(log_prior(uniform) + ll_u))
+    lo, hi = uniform[max(k - 1, 0)], uniform[min(k + 1, n_grid - 1)]
+    res = optimize.minimize_scalar(lambda t: -float((log_prior(np.array([t])) + total_loglik(np.array([t])))[0]),
+                                   bounds=(lo, hi), method="bounded", options={"xatol": 1e-12})
+    mode = float(np.clip(res.x, 1e-12, 1 - 1e-12))
+    # curvature of the log posterior at the mode: prior terms plus -sum_i (f1 - f2)^2 / f^2
+    curv = -(a - 1) / mode ** 2 - (b - 1) / (1 - mode) ** 2
+    if not equal:
+        lmix = np.logaddexp(np.log(mode) + lp1, np.log1p(-mode) + lp2)
+        curv -= float(np.sum((np.exp(lp1 - lmix) - np.exp(lp2 - lmix)) ** 2))
+    width = 20.0 / np.sqrt(max(-curv, 1e-12))
+    window = np.setdiff1d(np.linspace(max(mode - width, 0.0), min(mode + width, 1.0), n_window), uniform)
+    grid = np.concatenate([uniform, window])
+    order = np.argsort(grid, kind="stable")
+    grid, ll = grid[order], np.concatenate([ll_u, total_loglik(window)])[order]
+    lp = log_prior(grid) + ll
+    dens = np.exp(lp - lp.max())
+    z = float(np.trapezoid(dens, grid))
+    dens /= z
+    log_marginal = float(lp.max() + np.log(z) + lp2.sum())
+    cdf = np.concatenate([[0.0], np.cumsum(0.5 * (dens[1:] + dens[:-1]) * np.diff(grid))])
+    spread = float(np.ptp(ll_u[1:-1]))
+    return ExactAlphaPosterior(p, grid, dens, np.minimum(cdf, 1.0), beta.cdf(grid), spread, (a, b), mode,
+                                log_marginal)
+
+
+def fixed_posteriors_at_ml(y, fit: MLResult, prior=PRIOR, **kwargs) -> dict[str, ExactAlphaPosterior]:
+    """:func:`fixed_alpha_posterior` at the two candidate ML points of :func:`fit_ml`.
+
+    Returns:
+        ``{"selected": at fit.params, "strict ML": at fit.params_strict}``; when the two points coincide (BIC
+        kept two components) the same object is returned twice.
+
+    Raises:
+        ValueError: as :func:`fixed_alpha_posterior`.
+    """
+    selected = fixed_alpha_posterior(y, fit.params, prior, **kwargs)
+    same = np.array_equal(np.asarray(fit.params), np.asarray(fit.params_strict))
+    return {"selected": selected,
+            "strict ML": selected if same else fixed_alpha_posterior(y, fit.params_strict, prior, **kwargs)}
+
+
+# --------------------------------------------------------------------------------------------------
 # Figures
 # --------------------------------------------------------------------------------------------------
 def _panel_row(n: int, height: float, axes=None):
@@ -782,6 +921,39 @@ def plot_alpha_histograms(draws: dict, prior=PRIOR, title: str | None = None, ax
         ax.set_xlabel(r"$\alpha$")
     axes[0].set_ylabel("density")
     axes[0].legend(fontsize=8)
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    return fig
+
+
+def plot_alpha_cdfs(posteriors: dict, title: str | None = None, axes=None):
+    """Exact posterior CDFs of ``alpha`` against the prior CDF, one panel per dataset.
+
+    The KS statistic is the largest vertical gap between a posterior CDF and the prior's, the Wasserstein-1
+    distance the area between them; a spike is a step.
+
+    Args:
+        posteriors: ``{dataset: {label: ExactAlphaPosterior}}`` (e.g. from :func:`fixed_posteriors_at_ml`).
+        title: optional figure title.
+        axes: optional sequence of matplotlib axes.
+
+    Returns:
+        The matplotlib figure.
+    """
+    names = list(posteriors)
+    fig, axes = _panel_row(len(names), 3.3, axes)
+    for ax, name in zip(axes, names):
+        first = next(iter(posteriors[name].values()))
+        ax.plot(first.grid, first.prior_cdf, color="k", lw=1.2, ls=":", zorder=5,   # on top: visible under a match
+                label=f"prior Beta({first.prior[0]:g}, {first.prior[1]:g})")
+        for k, (label, post) in enumerate(posteriors[name].items()):
+            s = post.summary()
+            ax.plot(post.grid, post.cdf, color=f"C{k}", lw=2.5 - k, ls=("-", "--", ":")[k % 3],
+                    label=f"{label}: KS {s['ks']:.2f}")
+        ax.set(xlim=(0, 1), ylim=(-0.02, 1.02), title=name, xlabel=r"$\alpha$")
+        ax.legend(fontsize=8, loc="upper left")
+    axes[0].set_ylabel("CDF")
     if title:
         fig.suptitle(title)
     fig.tight_layout()

@@ -202,6 +202,63 @@ def test_joint_nonoverlap_relabelled_alpha_is_the_lower_component_weight():
     assert np.allclose(np.median(mu, axis=(0, 1)), [-10, 10], atol=0.3)
 
 
+# ------------------------------------------------------------------------- exact fixed-theta posterior
+def test_exact_fixed_posterior_with_equal_components_is_the_prior():
+    y, _ = gmm.load_data("single", 2000)
+    m, s = y.mean(), y.std()
+    post = gmm.fixed_alpha_posterior(y, (0.3, m, s, m, s))
+    r = post.summary()
+    assert post.loglik_spread == 0.0 and r["ks"] < 1e-5 and r["w1"] < 1e-5
+    assert r["log_marginal_nats"] == pytest.approx(gmm.log_likelihood(y, (0.5, m, s, m, s)), abs=1e-9)
+    assert r["alpha_mean"] == pytest.approx(0.5, abs=1e-9) and r["alpha_sd"] == pytest.approx(BETA55_SD, rel=1e-5)
+
+
+def test_exact_fixed_posterior_matches_a_dense_grid():
+    """Against brute force: a uniform grid of 200,001 nodes, on a broad and on a spiked posterior."""
+    for n, params in [(40, (0.5, -0.5, 1.0, 0.5, 1.0)), (3000, (0.85, -10.0, 1.0, 10.0, 1.0))]:
+        y = gmm.simulate("overlap" if n == 40 else "nonoverlap", n, seed=7)
+        post = gmm.fixed_alpha_posterior(y, params)
+        grid = np.linspace(1e-9, 1 - 1e-9, 200_001)
+        logpost = stats.beta(5, 5).logpdf(grid) + len(y) * gmm.log_likelihood_alpha(y, grid, params[1::2], params[2::2])
+        w = np.exp(logpost - logpost.max())
+        w /= w.sum()
+        mean = float(w @ grid)
+        sd = float(np.sqrt(w @ (grid - mean) ** 2))
+        ks = float(np.max(np.abs(np.cumsum(w) - stats.beta(5, 5).cdf(grid))))
+        r = post.summary()
+        assert r["alpha_mean"] == pytest.approx(mean, abs=1e-5 * max(sd, 1e-2))
+        assert r["alpha_sd"] == pytest.approx(sd, rel=1e-3)
+        assert r["ks"] == pytest.approx(ks, abs=2e-3)
+        assert post.loglik_spread > 0 and grid[np.argmax(w)] == pytest.approx(r["mode"], abs=1e-4)
+        if n == 40:  # log p(y; theta) = log int Beta(alpha) prod_i p(y_i | alpha) d alpha, by scipy's quad
+            lik = lambda a: np.exp(stats.beta(5, 5).logpdf(a) + gmm.log_likelihood(y, (a, *params[1:])))  # noqa: E731
+            assert r["log_marginal_nats"] == pytest.approx(np.log(integrate.quad(lik, 0, 1)[0]), abs=1e-6)
+    # the spike: sd of a binomial proportion with known components, sqrt(a (1 - a) / N)
+    frac = float(np.mean(y < 0))
+    assert r["alpha_mean"] == pytest.approx(frac, abs=2e-3)
+    assert r["alpha_sd"] == pytest.approx(np.sqrt(frac * (1 - frac) / len(y)), rel=0.05)
+
+
+def test_selected_point_gives_the_prior_and_the_strict_optimum_does_not():
+    """Single-Gaussian data: BIC selects the merged point (flat likelihood, posterior = prior, Theorem 1); the
+    optimiser's best point, a nat or two higher, has distinct components and a posterior far from the prior."""
+    y, _ = gmm.load_data("single", 2000)
+    fit = gmm.fit_ml(y, n_restarts=4)
+    assert fit.degenerate
+    np.testing.assert_array_equal(fit.params_strict, gmm.fit_ml(y, n_restarts=4, select=None).params)
+    posts = gmm.fixed_posteriors_at_ml(y, fit)
+    sel, strict = posts["selected"].summary(), posts["strict ML"].summary()
+    assert sel["ks"] < 1e-5 and sel["loglik_spread_nats"] == 0.0
+    assert strict["ks"] > 0.5 and strict["loglik_spread_nats"] > 100
+    both = gmm.fixed_posteriors_at_ml(*gmm.load_data("nonoverlap", 500)[:1], gmm.fit_ml(gmm.load_data("nonoverlap", 500)[0]))
+    assert both["selected"] is both["strict ML"]
+
+
+def test_exact_fixed_posterior_rejects_unbounded_priors():
+    with pytest.raises(ValueError, match="prior parameters must be >= 1"):
+        gmm.fixed_alpha_posterior(np.arange(10.0), (0.5, 0, 1, 1, 1), prior=(0.5, 0.5))
+
+
 # -------------------------------------------------------------------------------------------- figures
 def test_figures_have_one_panel_per_dataset():
     import matplotlib
@@ -216,4 +273,8 @@ def test_figures_have_one_panel_per_dataset():
     fig2 = gmm.plot_alpha_histograms({k: np.random.default_rng(0).beta(5, 5, 100) for k in gmm.DATASETS},
                                      title="fixed")
     assert len(fig2.axes) == 3
+    y = gmm.simulate("overlap", 50, seed=0)
+    post = gmm.fixed_alpha_posterior(y, (0.5, -0.5, 1.0, 0.5, 1.0))
+    fig3 = gmm.plot_alpha_cdfs({k: {"a": post, "b": post} for k in gmm.DATASETS}, title="exact")
+    assert len(fig3.axes) == 3
     plt.close("all")
