@@ -8,7 +8,7 @@ such a sentence with these helpers and shows it with ``IPython.display.Markdown`
 """
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable
 
 import numpy as np
 
@@ -26,6 +26,22 @@ def number_word(k: int) -> str:
         raise ValueError(f"number_word needs a non-negative integer, got {k!r}")
     k = int(k)
     return _WORDS[k] if k < len(_WORDS) else str(k)
+
+
+def ordinal(k: int) -> str:
+    """``"first"``, ``"second"``, ... up to ``"twelfth"``; ``"13th"`` and so on above.
+
+    Raises:
+        ValueError: ``k`` is not a positive integer.
+    """
+    if int(k) != k or k < 1:
+        raise ValueError(f"ordinal needs a positive integer, got {k!r}")
+    words = ("first", "second", "third", "fourth", "fifth", "sixth", "seventh", "eighth", "ninth", "tenth",
+             "eleventh", "twelfth")
+    k = int(k)
+    if k <= len(words):
+        return words[k - 1]
+    return f"{k}{'th' if 10 <= k % 100 <= 20 else {1: 'st', 2: 'nd', 3: 'rd'}.get(k % 10, 'th')}"
 
 
 def count_of(k: int, n: int) -> str:
@@ -75,7 +91,7 @@ def sci(x: float, digits: int = 1) -> str:
     return f"{mantissa.replace('-', '−')} \\times 10^{{{int(exponent)}}}"
 
 
-def listing(items: Sequence) -> str:
+def listing(items: Iterable) -> str:
     """``"4"``, ``"4 and 6"``, ``"1, 4 and 6"``."""
     items = [str(i) for i in items]
     if len(items) <= 1:
