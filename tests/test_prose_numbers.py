@@ -31,6 +31,7 @@ import re
 from pathlib import Path
 
 import jupytext
+import numpy as np
 import pytest
 import yaml
 
@@ -287,3 +288,31 @@ def test_a_result_read_through_a_variable_is_reported(toy_results):
 def test_a_missing_committed_result_is_reported(toy_results):
     text = HEADER.replace('"99_toy", "cpu"', '"99_toy", "gpu"')
     assert any("has no metrics.json" in p for p in check_chapter(text, toy_results))
+
+
+# --- lidvae_mini.prose: the helpers chapters build generated sentences with ------------------------------------
+
+def test_prose_helpers_write_counts_ranges_and_numbers():
+    from lidvae_mini.prose import count_of, fmt, listing, number_word, ordinal, sci, span
+
+    assert [number_word(k) for k in (0, 5, 12, 13)] == ["zero", "five", "twelve", "13"]
+    assert (count_of(8, 10), count_of(10, 10), count_of(0, 3), count_of(2, 2)) == \
+        ("eight of ten", "all ten", "none of the three", "both")
+    assert (span([0.981, 1.0, np.nan]), span([0.5, 0.501]), span([])) == ("0.98 to 1.00", "0.50", "n/a")
+    assert (fmt(-2.834, 3), fmt(-0.0001), sci(1.8e-5), sci(0.25), sci(0)) == \
+        ("−2.834", "0.00", "1.8 \\times 10^{-5}", "0.25", "0")
+    assert (listing([4]), listing([4, 6]), listing(x for x in (1, 4, 6))) == ("4", "4 and 6", "1, 4 and 6")
+    assert (ordinal(2), ordinal(6), ordinal(21), ordinal(13)) == ("second", "sixth", "21st", "13th")
+    for bad in (lambda: number_word(-1), lambda: count_of(3, 2), lambda: ordinal(0)):
+        with pytest.raises(ValueError):
+            bad()
+
+
+def test_result_tag_names_folder_scale_and_commit(tmp_path):
+    from lidvae_mini.prose import result_tag
+    from lidvae_mini.results import Result
+
+    res = Result(tmp_path / "07_x" / "cpu", {}, {}, {"scale": "cpu", "commits": ["5d2634b9af53"]})
+    assert result_tag(res) == "results/07_x/cpu, cpu scale, commit 5d2634b"
+    with pytest.raises(ValueError):
+        result_tag(Result(tmp_path / "07_x" / "cpu", {}, {}, {"commits": ["5d2634b"]}))
