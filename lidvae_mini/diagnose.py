@@ -665,8 +665,9 @@ VERDICT_COLOURS = dict(zip(VERDICTS, ("tab:green", "tab:red", "tab:orange")))
 
 
 def plot_diagnosis(diag: Diagnosis, ax=None, title: str | None = None, annotate: bool = True):
-    """Sensitivity ``s_k`` (x) against ``KL_k`` (y), one point per dimension coloured by verdict, with the
-    thresholds ``s*`` and ``KL*`` dashed; symmetric-log axes (exact zeros are shown at 0). Returns the axes."""
+    """Sensitivity ``s_k`` (x, with its standard error) against ``KL_k`` (y), one point per dimension coloured by
+    verdict, with the thresholds ``s*`` (dashed) and ``KL*`` (dotted); symmetric-log axes, so exact zeros sit on the
+    axes; the legend goes below the panel. Returns the axes."""
     import matplotlib.pyplot as plt
 
     if ax is None:
@@ -685,10 +686,11 @@ def plot_diagnosis(diag: Diagnosis, ax=None, title: str | None = None, annotate:
     ax.axhline(diag.thresholds.kl, color="grey", ls=":", lw=1)
     ax.set_xscale("symlog", linthresh=lin)
     ax.set_yscale("symlog", linthresh=lin)
-    ax.set_xlim(left=0)
-    ax.set_ylim(bottom=0)
+    top = max(float(np.max(diag.sensitivity + diag.sensitivity_se)), diag.thresholds.sensitivity)
+    ax.set_xlim(0, 5 * top)
+    ax.set_ylim(0, 5 * max(float(np.max(diag.kl)), diag.thresholds.kl))
     ax.set(xlabel="likelihood sensitivity $s_k$ (nats)", ylabel="$\\mathrm{KL}_k$ (nats)")
     if title:
         ax.set_title(title, fontsize=10)
-    ax.legend(fontsize=7, loc="upper left")
+    ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.2), frameon=False)
     return ax
