@@ -113,7 +113,8 @@ class Diagnosis:
 
     Fields: ``names``; ``sensitivity`` ``s_k`` and its Monte Carlo standard error ``sensitivity_se`` (nats per
     datapoint); ``rec_drop`` (nats); ``kl`` (``KL_k``, nats per datapoint); ``au_variance`` (``Var_x E_q[z_k|x]``);
-    booleans ``flat`` (sensitivity zero to floating-point precision), ``identifiable``, ``active``, ``used``;
+    booleans ``flat`` (sensitivity zero to floating-point precision: ``s_k <= 10 eps max(mean |log p(x|z)|, 1)``,
+    ``eps`` the machine epsilon of the model's dtype; Definition 2 exactly), ``identifiable``, ``active``, ``used``;
     ``verdict`` (strings of :data:`VERDICTS`); ``thresholds``; ``kl_method`` (``"analytic"``, or ``"moment"``: the
     KL of the moment-matched Gaussian of each marginal, a lower bound); ``n_points``, ``n_samples``, ``model``.
     """
@@ -650,7 +651,7 @@ def diagnose(model, x, *, n_samples: int = 8, batch_size: int = 100, kl_threshol
         au_var = np.append(au_var, torch.cat(probs_all).var(0, unbiased=True).max().item())
     # flat: zero to floating-point precision, relative to the size of log p(x|z)
     eps = torch.finfo(like.dtype).eps
-    flat = s <= 100.0 * eps * max(scale / N, 1.0)
+    flat = s <= 10.0 * eps * max(scale / N, 1.0)
     identifiable = (s >= th.sensitivity) & (s >= th.n_se * se) & ~flat
     active = au_var >= th.au
     used = active & (kl_k >= th.kl)
