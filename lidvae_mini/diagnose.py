@@ -73,7 +73,8 @@ from ._checks import check_batch, check_choice, check_int, check_positive
 from .encoders import GaussianEncoder
 
 #: Verdicts, in the order of the chapter's legend.
-VERDICTS = ("identifiable and used", "non-identifiable (model collapse)", "identifiable but unused (inference collapse)")
+VERDICTS = ("identifiable and used", "non-identifiable (model collapse)",
+            "identifiable but unused (inference collapse)")
 #: KL_k below which q(z_k|x) counts as collapsed (nats per datapoint).
 KL_THRESHOLD = 0.01
 #: Threshold of the active-unit statistic Var_x E_q[z_k|x] (Burda et al. 2016; the paper's §4.1).
@@ -350,7 +351,8 @@ class _PriorOnDims(GaussianEncoder):
         nn.Module.__init__(self)
         self.base = base
         self.data_dim, self.latent_dim = base.data_dim, base.latent_dim
-        keep = torch.ones(base.latent_dim, dtype=next(base.parameters()).dtype)
+        ref = next(base.parameters())
+        keep = torch.ones(base.latent_dim, dtype=ref.dtype, device=ref.device)
         keep[list(dims)] = 0.0
         self.register_buffer("keep", keep)
 
@@ -396,7 +398,8 @@ def with_prior_posterior(model, dims):
         TypeError: the encoder is not a :class:`~lidvae_mini.encoders.GaussianEncoder`. ValueError: bad ``dims``.
     """
     if not isinstance(getattr(model, "encoder", None), GaussianEncoder):
-        raise TypeError(f"with_prior_posterior needs a GaussianEncoder, got {type(getattr(model, 'encoder', None)).__name__}")
+        got = type(getattr(model, "encoder", None)).__name__
+        raise TypeError(f"with_prior_posterior needs a GaussianEncoder, got {got}")
     dims = _check_dims(dims, model.latent_dim)
     out = copy.deepcopy(model)
     out.encoder = _PriorOnDims(out.encoder, dims)
