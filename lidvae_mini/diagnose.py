@@ -45,8 +45,9 @@ make the latent informative; if ``q`` nevertheless moves it, that KL is wasted);
 (inference collapse)"`` (the likelihood depends on ``z_k``, so the exact posterior does not collapse, but ``q``
 ignores it). Under the exact posterior the third verdict cannot occur (Theorem 1), up to the thresholds.
 
-Also reported: ``rec_drop_k = E [l(z) - l(z_{-k}, b)]``, the nats of ``log p(x|z)`` lost when the posterior value
-of ``z_k`` is replaced by a prior draw (0 when the likelihood is flat in ``z_k`` *or* when ``q(z_k|x)`` is the prior).
+Also reported: ``rec_drop_k = E [l(z) - (l(z_{-k}, a) + l(z_{-k}, b)) / 2]``, the nats of ``log p(x|z)`` lost when
+the posterior value of ``z_k`` is replaced by a prior draw (0 in expectation when the likelihood is flat in ``z_k``
+*or* when ``q(z_k|x)`` is the prior).
 
 **Models.** Anything with the VAE protocol of :mod:`lidvae_mini.vae` (``latent_dim``, ``check_x``,
 ``log_likelihood(x, z (S, B, K)) -> (S, B)``, ``sample_posterior``, ``encode_mean``, optional ``kl_per_dim``): the
