@@ -472,7 +472,7 @@ def _progress_bar(total, enabled, desc):
     return tqdm(total=total, desc=desc, unit="pt", leave=False)
 
 
-def _mixture_rows(model, xb, S, iwae_samples, max_rows, kl_method):
+def _mixture_rows(model, xb, S, iwae_samples, max_rows, kl_method, kl_samples):
     """Per-point statistics of a MixtureVAE batch: v (B, K+1), drop (B, K+1), kl (B, K+1), flat scale."""
     C, K, B = model.num_clusters, model.latent_dim, xb.shape[0]
     log_probs = model.cluster_log_probs(xb)                                          # (B, C)
@@ -501,7 +501,8 @@ def _mixture_rows(model, xb, S, iwae_samples, max_rows, kl_method):
         lv_p = 2.0 * ls_p[:, None, :]
         kl_cy = 0.5 * (lv_p - lv_q + (lv_q.exp() + (mu_q - mu_p[:, None, :]) ** 2) / lv_p.exp() - 1.0)
     else:
-        kl_cy = torch.stack([_moment_kl(w_all[:, c], mu_p[c], 2.0 * ls_p[c]) for c in range(C)])
+        w_kl = model.encoder.sample(ctx, kl_samples)[0].reshape(kl_samples, C, B, K)
+        kl_cy = torch.stack([_moment_kl(w_kl[:, c], mu_p[c], 2.0 * ls_p[c]) for c in range(C)])
     kl_w = (probs.T[:, :, None] * kl_cy).sum(0)                                       # (B, K)
     # y: the spread of the marginal log p(x|y) over y ~ Cat(1/C), from two independent IWAE estimates A, B
     est = []
@@ -617,7 +618,8 @@ def diagnose(model, x, *, n_samples: int = 8, batch_size: int = 100, kl_threshol
             for start in range(0, N, batch_size):
                 xb = x[start:start + batch_size]
                 if mixture:
-                    v, drop, klb, sc, probs = _mixture_rows(model, xb, n_samples, iwae_samples, max_rows, kl_method)
+                    v, drop, klb, sc, probs = _mixture_rows(model, xb, n_samples, iwae_samples, max_rows, kl_method,
+                                                            kl_samples)
                     probs_all.append(probs.double().cpu())
                 else:
                     z, _ = model.sample_posterior(xb, n_samples)
