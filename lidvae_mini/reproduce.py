@@ -66,6 +66,7 @@ CHAPTER_DATASETS = {
     "08_images": lambda p: ([(name, "datasets") for name in p["datasets"]]
                             + ([(p["sweep_dataset"], "sweep_dataset")] if p["depths"] and p["sweep_methods"]
                                else [])),
+    "11_diagnose": lambda p: [("mnist", "mnist_models")] if p["mnist_models"] else [],
 }
 
 
