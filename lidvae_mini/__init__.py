@@ -19,6 +19,7 @@ Variable Non-identifiability", NeurIPS 2021). One concept per module:
 ``baselines``          SA-VAE (Kim et al. 2018) and aggressive/lagging training (He et al. 2019)
 ``metrics``            AU, KL, MI, importance-weighted log-likelihood, cluster accuracy
 ``diagnose``           per-latent verdict: model collapse (flat likelihood) or inference collapse
+``prose``              sentences generated from numbers (words, ranges, ordinals, result tags)
 ``data``               data directory, shipped official inputs, loaders
 ``provenance``         metrics.json and run environment
 ``reproduce``          ``python -m lidvae_mini.reproduce CHAPTER -p key=value``

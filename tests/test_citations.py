@@ -7,7 +7,7 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 # A path into the developers' private material (not part of the repository): notes/..., shared/..., seeds/...
 PRIVATE = re.compile(r"(?<![\w./-])(?:\.\./)?(?:shared/)?(?:notes|seeds)/[\w./-]+|(?<![\w-])shared/(?:notes|data|seeds)\b")
-FILES = sorted([*ROOT.glob("book/*.md"), *ROOT.glob("lidvae_mini/**/*.py"),
+FILES = sorted([*ROOT.glob("book/*.md"), *ROOT.glob("book/params/**/*.yaml"), *ROOT.glob("lidvae_mini/**/*.py"),
                 *ROOT.glob("results/**/*.md"), *ROOT.glob("benchmarks/*.md")])
 
 
