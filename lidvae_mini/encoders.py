@@ -20,6 +20,11 @@ Common interface (``B`` datapoints of dimension ``D``, ``n`` samples, ``K`` late
     ``E_q[z|x]``, shape ``(B, K)`` (exact for the Gaussian; Monte Carlo with the same base draws for every
     datapoint for the flow): the quantity whose variance across datapoints defines the active units (paper §4.1).
 
+:class:`GaussianEncoder` also has ``sample_with_kl(x, n_samples)`` (draws, ``log q`` and the analytic KL per
+dimension from one pass of its network: what a training step of :class:`lidvae_mini.vae.VAE` uses). Both encoders
+return their draws and densities in the dtype of ``x``, also under ``torch.autocast`` (mixed precision runs the
+networks in bfloat16 and the reparameterisation, densities and KL in float32).
+
 Inputs are checked first: ``x`` must be a floating-point ``torch.Tensor`` of shape ``(B, D)`` with finite
 entries, else ``TypeError``/``ValueError``.
 """
@@ -97,16 +102,36 @@ class GaussianEncoder(nn.Module):
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         check_batch(x, self.data_dim)
         mu, logvar = self.net(x).chunk(2, dim=-1)
-        return mu, logvar.clamp(*LOGVAR_RANGE)
+        # in x's dtype: under torch.autocast the MLP runs in bfloat16, the draws, densities and KL in float32
+        return mu.to(x.dtype), logvar.clamp(*LOGVAR_RANGE).to(x.dtype)
+
+    @staticmethod
+    def _draw(mu: torch.Tensor, logvar: torch.Tensor, n: int) -> tuple[torch.Tensor, torch.Tensor]:
+        eps = torch.randn((n,) + tuple(mu.shape), dtype=mu.dtype, device=mu.device)
+        z = mu + torch.exp(0.5 * logvar) * eps
+        log_q = -0.5 * (LOG_2PI + logvar + eps ** 2).sum(-1)
+        return z, log_q
+
+    @staticmethod
+    def _kl(mu: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
+        return 0.5 * (mu ** 2 + torch.exp(logvar) - logvar - 1.0)
 
     def sample(self, x: torch.Tensor, n_samples: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
         """Reparameterised ``z = mu + exp(logvar/2) * eps``: ``z`` (n, B, K) and ``log q(z|x)`` (n, B), nats."""
         n = check_int(n_samples, "n_samples")
         mu, logvar = self(x)
-        eps = torch.randn((n,) + tuple(mu.shape), dtype=mu.dtype, device=mu.device)
-        z = mu + torch.exp(0.5 * logvar) * eps
-        log_q = -0.5 * (LOG_2PI + logvar + eps ** 2).sum(-1)
-        return z, log_q
+        return self._draw(mu, logvar, n)
+
+    def sample_with_kl(self, x: torch.Tensor, n_samples: int = 1) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """:meth:`sample` and :meth:`kl_per_dim` from **one** pass of the encoder network (the ELBO of a training
+        step needs both): ``z`` (n, B, K), ``log q(z|x)`` (n, B) and the analytic KL per dimension (B, K), nats.
+
+        The same numbers as calling :meth:`sample` then :meth:`kl_per_dim` (the same noise draws; the KL draws none).
+        """
+        n = check_int(n_samples, "n_samples")
+        mu, logvar = self(x)
+        z, log_q = self._draw(mu, logvar, n)
+        return z, log_q, self._kl(mu, logvar)
 
     def log_prob(self, z: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
         """``log q(z|x)`` in nats: ``z`` (B, K) -> (B,), or (n, B, K) -> (n, B)."""
@@ -124,7 +149,7 @@ class GaussianEncoder(nn.Module):
         ``0.5 (mu^2 + exp(logvar) - logvar - 1)``; summed over k it is the KL term of the ELBO.
         """
         mu, logvar = self(x)
-        return 0.5 * (mu ** 2 + torch.exp(logvar) - logvar - 1.0)
+        return self._kl(mu, logvar)
 
 
 class AffineCoupling(nn.Module):
@@ -198,7 +223,8 @@ class ConditionalRealNVP(nn.Module):
         check_batch(x, self.data_dim)
         h = self.trunk(x)
         mu, logvar = self.base(h).chunk(2, dim=-1)
-        return mu, logvar.clamp(*LOGVAR_RANGE), h
+        # in x's dtype: under torch.autocast the networks run in bfloat16, the draws and densities in float32
+        return mu.to(x.dtype), logvar.clamp(*LOGVAR_RANGE).to(x.dtype), h
 
     def flow(self, u: torch.Tensor, context: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Push base points ``u`` (..., B, K) through the couplings: ``(z, total log|det dz/du|)``."""

@@ -151,14 +151,25 @@ class VAE(DecoderFacts, nn.Module):
         ``rec = mean_s log p(x|z_s)`` with ``z_s ~ q(z|x)`` (reparameterised); ``kl`` is analytic for a
         Gaussian encoder and ``mean_s [log q(z_s|x) - log p(z_s)]`` (same draws) otherwise;
         ``elbo = rec - kl``. Returns ``{"elbo", "rec", "kl"}``.
+
+        The encoder network runs once: an encoder with ``sample_with_kl`` (the
+        :class:`~lidvae_mini.encoders.GaussianEncoder`) gives the draws and the analytic KL from one pass; an
+        analytic-KL encoder without it gets a second pass through its ``kl_per_dim``.
         """
         n_samples = check_int(n_samples, "n_samples")
         self.check_x(x)
-        z, log_q = self.encoder.sample(x, n_samples)
-        rec = self.log_likelihood(x, z).mean(0)
         if getattr(self.encoder, "has_analytic_kl", False):
-            kl = self.encoder.kl_per_dim(x).sum(-1)
+            one_pass = getattr(self.encoder, "sample_with_kl", None)
+            if one_pass is not None:
+                z, _, kl_dims = one_pass(x, n_samples)
+            else:
+                z = self.encoder.sample(x, n_samples)[0]
+                kl_dims = self.encoder.kl_per_dim(x)
+            kl = kl_dims.sum(-1)
+            rec = self.log_likelihood(x, z).mean(0)
         else:
+            z, log_q = self.encoder.sample(x, n_samples)
+            rec = self.log_likelihood(x, z).mean(0)
             kl = (log_q - self.log_prior(z)).mean(0)
         return {"elbo": rec - kl, "rec": rec, "kl": kl}
 

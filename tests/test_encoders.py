@@ -152,3 +152,24 @@ def test_bad_inputs_raise(kind):
 def test_unknown_encoder_raises():
     with pytest.raises(ValueError, match="realnvp"):
         make_encoder("flowy", 4, 2)
+
+
+def test_gaussian_sample_with_kl_is_sample_and_kl_per_dim():
+    enc = GaussianEncoder(5, 3, hidden=(8,))
+    x = torch.randn(4, 5)
+    torch.manual_seed(2)
+    z, log_q, kl = enc.sample_with_kl(x, 6)
+    torch.manual_seed(2)
+    z2, log_q2 = enc.sample(x, 6)
+    assert torch.equal(z, z2) and torch.equal(log_q, log_q2)
+    assert torch.equal(kl, enc.kl_per_dim(x)) and kl.shape == (4, 3)
+
+
+@pytest.mark.parametrize("kind", ["gaussian", "realnvp"])
+def test_draws_are_in_the_data_dtype_under_autocast(kind):
+    """Mixed precision: the networks run in bfloat16, the draws and log-densities stay in x's dtype."""
+    enc = make_encoder(kind, 5, 4, hidden=(8,))
+    x = torch.randn(3, 5)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        z, log_q = enc.sample(x, 2)
+    assert z.dtype == torch.float32 and log_q.dtype == torch.float32

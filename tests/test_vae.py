@@ -180,3 +180,83 @@ def test_latent_sensitivity_zero_for_ignored_latent_and_bounded_for_lidvae():
     torch.testing.assert_close(lid.latent_sensitivity(n_samples=50, seed=1), lid.latent_sensitivity(n_samples=50, seed=1))
     bern = build_vae("lidvae", 6, 2, "bernoulli", encoder_hidden=(8,), hidden1=(8,), hidden2=(16,), seed=0)
     assert (bern.latent_sensitivity(n_samples=100) > 0).all()
+
+
+def _two_pass_elbo_parts(model, x, n_samples):
+    """The ELBO as computed before issue 9: the encoder runs in ``sample`` and again in ``kl_per_dim``."""
+    z, _ = model.encoder.sample(x, n_samples)
+    rec = model.log_likelihood(x, z).mean(0)
+    kl = model.encoder.kl_per_dim(x).sum(-1)
+    return {"elbo": rec - kl, "rec": rec, "kl": kl}
+
+
+@pytest.mark.parametrize("kind,head", [("vae", "bernoulli"), ("lidvae", "bernoulli"), ("lidvae", "gaussian")])
+@pytest.mark.parametrize("n_samples", [1, 3])
+def test_elbo_parts_equals_the_two_pass_computation(kind, head, n_samples):
+    model = build_vae(kind, 6, 3, head, encoder_hidden=(8,), hidden1=(4,), hidden2=(8,), seed=0)
+    torch.manual_seed(5)
+    x = (torch.rand(7, 6) > 0.5).float() if head == "bernoulli" else torch.randn(7, 6)
+    torch.manual_seed(11)
+    new = model.elbo_parts(x, n_samples)
+    torch.manual_seed(11)
+    old = _two_pass_elbo_parts(model, x, n_samples)
+    for key in ("elbo", "rec", "kl"):
+        torch.testing.assert_close(new[key], old[key], rtol=1e-6, atol=1e-6)
+    # the same gradients too
+    model.zero_grad()
+    torch.manual_seed(11)
+    model.elbo_parts(x, n_samples)["elbo"].sum().backward()
+    g_new = [p.grad.clone() for p in model.parameters() if p.grad is not None]
+    model.zero_grad()
+    torch.manual_seed(11)
+    _two_pass_elbo_parts(model, x, n_samples)["elbo"].sum().backward()
+    g_old = [p.grad.clone() for p in model.parameters() if p.grad is not None]
+    assert len(g_new) == len(g_old)
+    for a, b in zip(g_new, g_old):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("encoder", ["gaussian", "realnvp"])
+def test_encoder_runs_once_per_elbo_parts(encoder):
+    """One pass of the encoder network per ELBO (issue 9: it used to run in ``sample`` and in ``kl_per_dim``)."""
+    model = build_vae("vae", 6, 3, "bernoulli", encoder, encoder_hidden=(8,), hidden1=(4,), hidden2=(8,), seed=0)
+    calls = {"n": 0}
+    net = model.encoder.net if encoder == "gaussian" else model.encoder.trunk
+
+    def count(module, inputs, output):
+        calls["n"] += 1
+
+    handle = net.register_forward_hook(count)
+    x = (torch.rand(5, 6) > 0.5).float()
+    model.elbo_parts(x)
+    assert calls["n"] == 1
+    model.loss(x, n_samples=4)
+    assert calls["n"] == 2
+    handle.remove()
+
+
+def test_analytic_kl_encoder_without_one_pass_method_still_works():
+    """An encoder with ``has_analytic_kl`` but no ``sample_with_kl`` (e.g. a wrapper) gets the two-pass KL."""
+    model = build_vae("vae", 6, 3, "bernoulli", encoder_hidden=(8,), hidden1=(4,), hidden2=(8,), seed=0)
+
+    class Wrapped(torch.nn.Module):
+        has_analytic_kl = True
+
+        def __init__(self, inner):
+            super().__init__()
+            self.inner, self.latent_dim, self.data_dim = inner, inner.latent_dim, inner.data_dim
+
+        def sample(self, x, n_samples=1):
+            return self.inner.sample(x, n_samples)
+
+        def kl_per_dim(self, x):
+            return self.inner.kl_per_dim(x)
+
+    wrapped = VAE(Wrapped(model.encoder), model.decoder)
+    x = (torch.rand(5, 6) > 0.5).float()
+    torch.manual_seed(3)
+    a = model.elbo_parts(x)
+    torch.manual_seed(3)
+    b = wrapped.elbo_parts(x)
+    for key in a:
+        torch.testing.assert_close(a[key], b[key])
