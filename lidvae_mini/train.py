@@ -12,11 +12,29 @@ book's appendix *Errata of the reference implementation*):
   a dedicated ``torch.Generator``; reparameterisation noise uses the global torch RNG, seeded inside an
   isolated :func:`torch.random.fork_rng` so the caller's RNG is left untouched);
 * a NaN/inf guard: a non-finite loss, gradient or parameter stops training with
-  :class:`NonFiniteLossError` *before* the bad update is applied or saved;
+  :class:`NonFiniteLossError`; no bad update is kept or saved (details below);
 * validation on the whole held-out set, without replacement, every ``eval_every`` epochs;
 * checkpoints every epoch (model, optimizer, RNG states, epoch, history) written atomically (temporary
   file, then ``os.replace``) and read back with ``torch.load(weights_only=True)``. A run that is
   interrupted and resumed ends with the same parameters, bitwise on CPU, as an uninterrupted one.
+
+Efficiency (issue 9; the same numbers on CPU as the loop before it, bitwise: same draws in the same order, the
+epoch sums accumulated in float64 in the same order):
+
+* the training set lives on the model's device when it fits (``data_on_device``): batches are indexed there and
+  the shuffles and binarisation bits are drawn there, from a generator on that device seeded by ``seed``. On a
+  CPU nothing changes; on a GPU the stream of shuffles differs from a CPU run's (same seed, same numbers on the
+  same kind of device), and the generator's device is recorded in the checkpoint;
+* no host synchronisation per step: the epoch sums are device tensors read once per epoch, and the loss and
+  gradient norm of every step are recorded on the device and read every ``finite_check_every`` steps and at
+  the end of the epoch. When the record shows a non-finite value, the model and the optimizer are restored to
+  their state at the start of that epoch (the last checkpoint, when there is one) and
+  :class:`NonFiniteLossError` names the first bad step. (Before, the check ran before every update and the model
+  kept the last good step's parameters; a checkpoint is still never written from a diverged epoch.);
+* ``precision="bf16"``: the loss under ``torch.autocast(bfloat16)``, float32 master weights (see :func:`fit`).
+
+The model's own input checks (:mod:`lidvae_mini._checks`, the decoders' data checks) still read the batch on
+the host once or more per step; with the data validated once here, they are the remaining synchronisations.
 
 Dynamic binarisation (``binarize="dynamic"``): every training batch is redrawn as ``Bernoulli(x)`` each time
 it is visited (images in [0, 1]); validation images that are not already binary are binarised once, with a
@@ -24,6 +42,8 @@ generator seeded by ``seed`` (a fixed binarisation, the same for every epoch).
 """
 from __future__ import annotations
 
+import contextlib
+import copy
 import math
 import os
 import sys
@@ -39,12 +59,18 @@ from .encoders import MEAN_SAMPLES
 CHECKPOINT_FILE = "checkpoint.pt"
 OPTIMIZERS = ("adam", "rmsprop", "sgd")
 BINARIZE = (None, "dynamic")
+#: Training precisions of :func:`fit`: float32, or the loss under ``torch.autocast`` in bfloat16.
+PRECISIONS = ("fp32", "bf16")
+#: Default steps between host reads of :func:`fit`'s device-side finiteness record.
+FINITE_CHECK_EVERY = 100
 #: Keys of the history returned by :func:`fit` (one entry per epoch; ``nan`` where not evaluated).
 HISTORY_KEYS = ("epoch", "train_neg_elbo", "train_kl", "train_loss", "valid_neg_elbo", "valid_rec", "valid_kl",
                 "valid_au", "seconds")
 # Settings that must match when resuming (anything that changes the sequence of updates).
 _RESUME_KEYS = ("batch_size", "lr", "optimizer", "seed", "binarize", "grad_clip", "weight_decay", "n_samples",
-                "n_train")
+                "n_train", "precision")
+# values of resume keys added later, for checkpoints written before them
+_RESUME_DEFAULTS = {"precision": "fp32"}
 
 
 class NonFiniteLossError(FloatingPointError):
@@ -138,7 +164,8 @@ def load_checkpoint(path: str | os.PathLike, map_location="cpu") -> dict:
 
 
 def _all_finite(model) -> bool:
-    return all(bool(torch.isfinite(p).all()) for p in model.parameters())
+    """Every parameter finite (one host read)."""
+    return bool(torch.stack([torch.isfinite(p).all() for p in model.parameters()]).all())
 
 
 @torch.no_grad()
@@ -216,7 +243,9 @@ def evaluate(model, x, batch_size: int = 1000, n_samples: int = 1, mean_samples:
 def fit(model, train_x, valid_x=None, *, epochs: int = 10, batch_size: int = 100, lr: float = 1e-3,
         optimizer: str = "adam", seed: int = 0, checkpoint_dir: str | os.PathLike | None = None,
         resume: bool = True, progress: bool | None = None, binarize: str | None = None, grad_clip: float | None = 5.0,
-        eval_every: int = 1, weight_decay: float = 0.0, n_samples: int = 1, eval_batch_size: int = 1000) -> dict:
+        eval_every: int = 1, weight_decay: float = 0.0, n_samples: int = 1, eval_batch_size: int = 1000,
+        precision: str = "fp32", data_on_device: bool | None = None,
+        finite_check_every: int = FINITE_CHECK_EVERY) -> dict:
     """Fit ``model`` (a :class:`lidvae_mini.vae.VAE`) by maximising the ELBO; return the per-epoch history.
 
     Args:
@@ -241,6 +270,15 @@ def fit(model, train_x, valid_x=None, *, epochs: int = 10, batch_size: int = 100
         eval_every: validation frequency in epochs.
         n_samples: Monte Carlo samples of z per datapoint in the training ELBO.
         eval_batch_size: batch size for validation.
+        precision: ``"fp32"`` (default) or ``"bf16"``: the training loss runs under
+            ``torch.autocast(dtype=torch.bfloat16)`` on the model's device (CPU or CUDA); parameters, gradients and
+            optimizer state stay float32, validation runs in float32. Models whose every module accepts bfloat16
+            activations only (an MLP decoder: VAE, GMVAE; see :data:`PRECISIONS`).
+        data_on_device: keep the whole training (and validation) set on the model's device and draw batches and
+            shuffles there (``True``), keep it in host memory and copy each batch (``False``), or decide (``None``,
+            default: on the device when it takes at most a quarter of the free GPU memory; always on a CPU).
+        finite_check_every: steps between host reads of the device-side finiteness record (see module doc); the
+            record is also read at the end of every epoch. 1 checks every step.
 
     Returns:
         history: ``{key: list}`` with one entry per epoch for every key of :data:`HISTORY_KEYS`;
@@ -249,19 +287,25 @@ def fit(model, train_x, valid_x=None, *, epochs: int = 10, batch_size: int = 100
 
     Raises:
         TypeError/ValueError: bad data (shape, dtype, non-finite, non-binary data for a Bernoulli model
-            without ``binarize``), bad settings (unknown optimizer or binarize mode, non-positive sizes),
-            or a checkpoint written with different settings.
-        NonFiniteLossError: the loss, the gradient norm or a parameter became NaN/inf; the last good
-            checkpoint stays in ``checkpoint_dir``.
+            without ``binarize``), bad settings (unknown optimizer, binarize mode or precision, non-positive
+            sizes), or a checkpoint written with different settings or with its shuffling generator on another
+            kind of device.
+        NonFiniteLossError: the loss, the gradient norm or a parameter became NaN/inf; the model and optimizer
+            are restored to their state at the start of that epoch and the last good checkpoint stays in
+            ``checkpoint_dir``.
     """
     epochs = check_int(epochs, "epochs", minimum=0)
     batch_size = check_int(batch_size, "batch_size")
     lr = check_positive(lr, "lr")
     check_choice(optimizer, "optimizer", OPTIMIZERS)
     check_choice(binarize, "binarize", BINARIZE)
+    check_choice(precision, "precision", PRECISIONS)
+    if data_on_device is not None and not isinstance(data_on_device, bool):
+        raise TypeError(f"data_on_device must be None, True or False, got {data_on_device!r}")
     seed = check_int(seed, "seed", minimum=0)
     eval_every = check_int(eval_every, "eval_every")
     n_samples = check_int(n_samples, "n_samples")
+    finite_check_every = check_int(finite_check_every, "finite_check_every")
     if grad_clip is not None:
         grad_clip = check_positive(grad_clip, "grad_clip")
     weight_decay = float(weight_decay)
@@ -288,28 +332,45 @@ def fit(model, train_x, valid_x=None, *, epochs: int = 10, batch_size: int = 100
             valid = torch.bernoulli(valid, generator=torch.Generator().manual_seed(seed))
         model.check_x(valid.to(device), "valid_x")
 
+    # data placement: resident on the model's device (batches, shuffles and bits drawn there) or copied per batch
+    resident = data_on_device if data_on_device is not None else _fits_on(device, train, valid)
+    if resident:
+        train = train.to(device)
+        valid = valid.to(device) if valid is not None else None
+        data_rng = torch.Generator(device=device).manual_seed(seed)
+    else:
+        if device.type == "cuda":
+            train = train.pin_memory()
+        data_rng = torch.Generator().manual_seed(seed)
+
     config = {"batch_size": batch_size, "lr": lr, "optimizer": optimizer, "seed": seed, "binarize": binarize,
               "grad_clip": grad_clip, "weight_decay": weight_decay, "n_samples": n_samples,
-              "n_train": int(train.shape[0])}
+              "n_train": int(train.shape[0]), "precision": precision}
     opt = _make_optimizer(optimizer, params, lr, weight_decay)
-    data_rng = torch.Generator().manual_seed(seed)
     history = {k: [] for k in HISTORY_KEYS}
     start_epoch, step = 0, 0
     ckpt_path = None
     if checkpoint_dir is not None:
         ckpt_path = Path(checkpoint_dir) / CHECKPOINT_FILE
         ckpt_path.parent.mkdir(parents=True, exist_ok=True)
+    autocast = ((lambda: torch.autocast(device_type=device.type, dtype=torch.bfloat16)) if precision == "bf16"
+                else contextlib.nullcontext)
 
     cuda_devices = [device.index or 0] if device.type == "cuda" else []
     with torch.random.fork_rng(devices=cuda_devices):
         torch.manual_seed(seed)
         if ckpt_path is not None and resume and ckpt_path.is_file():
             state = load_checkpoint(ckpt_path, map_location=device)
-            diff = {k: (state["config"].get(k), config[k]) for k in _RESUME_KEYS
-                    if state["config"].get(k) != config[k]}
+            diff = {k: (state["config"].get(k, _RESUME_DEFAULTS.get(k)), config[k]) for k in _RESUME_KEYS
+                    if state["config"].get(k, _RESUME_DEFAULTS.get(k)) != config[k]}
             if diff:
                 raise ValueError(f"checkpoint {ckpt_path} was written with different settings "
                                  f"(saved, now): {diff}; pass resume=False or another checkpoint_dir")
+            saved_on = state.get("data_device", "cpu")
+            if saved_on != data_rng.device.type:
+                raise ValueError(f"checkpoint {ckpt_path} drew its shuffles on {saved_on}, this run draws them on "
+                                 f"{data_rng.device.type}: pass data_on_device={saved_on != 'cpu'} (or "
+                                 "resume=False, or another checkpoint_dir)")
             model.load_state_dict(state["model"])
             opt.load_state_dict(state["optimizer"])
             torch.set_rng_state(state["torch_rng"].cpu())
@@ -325,38 +386,50 @@ def fit(model, train_x, valid_x=None, *, epochs: int = 10, batch_size: int = 100
             bar = tqdm(total=epochs, initial=start_epoch, desc=type(model).__name__, unit="epoch",
                        file=sys.stderr, disable=False)
         n = train.shape[0]
+        # per-batch multipliers of (elbo sum, kl sum, batch-mean loss) into the epoch sums, for full and last batches
+        signs = {m: torch.tensor([-1.0, 1.0, float(m)], dtype=torch.float64, device=device)
+                 for m in {batch_size, n % batch_size or batch_size}}
         try:
             for epoch in range(start_epoch + 1, epochs + 1):
                 t0 = time.perf_counter()
                 model.train()
-                perm = torch.randperm(n, generator=data_rng)
-                sums = {"neg_elbo": 0.0, "kl": 0.0, "loss": 0.0}
+                good = _snapshot(model, opt)          # what a divergence in this epoch restores
+                guard = _FiniteGuard(finite_check_every, device, step)
+                perm = torch.randperm(n, generator=data_rng, device=data_rng.device)
+                sums = torch.zeros(3, dtype=torch.float64, device=device)
                 for b in range(0, n, batch_size):
                     xb = train[perm[b:b + batch_size]]
                     if binarize == "dynamic":
                         xb = torch.bernoulli(xb, generator=data_rng)
-                    xb = xb.to(device)
+                    xb = xb.to(device, non_blocking=True)
                     step += 1
-                    loss, parts = model.loss(xb, n_samples=n_samples)
-                    if not bool(torch.isfinite(loss)):
-                        _diverged("loss", float(loss.detach()), epoch, step, ckpt_path, history)
+                    try:
+                        with autocast():
+                            loss, parts = model.loss(xb, n_samples=n_samples)
+                    except Exception:
+                        # NaN parameters from an unchecked earlier step make the model's own input checks
+                        # raise: report that step (NonFiniteLossError), else the error itself
+                        guard.check(model, opt, good, epoch, ckpt_path, history)
+                        raise
                     opt.zero_grad(set_to_none=True)
                     loss.backward()
                     if grad_clip is not None:
                         norm = torch.nn.utils.clip_grad_norm_(params, grad_clip)
                     else:
-                        norm = torch.sqrt(sum((p.grad.detach() ** 2).sum() for p in params if p.grad is not None))
-                    if not bool(torch.isfinite(norm)):
-                        _diverged("gradient norm", float(norm), epoch, step, ckpt_path, history)
+                        norm = _grad_norm(params)
                     opt.step()
-                    m = xb.shape[0]
-                    sums["neg_elbo"] -= float(parts["elbo"].detach().sum())
-                    sums["kl"] += float(parts["kl"].detach().sum())
-                    sums["loss"] += float(loss.detach()) * m
+                    loss = loss.detach()
+                    # no host synchronisation: sums and the finiteness record stay on the device
+                    sums += torch.stack([_f64(parts["elbo"].detach().sum()), _f64(parts["kl"].detach().sum()),
+                                         _f64(loss)]) * signs[xb.shape[0]]
+                    guard.record(loss, norm)
+                    if guard.full():
+                        guard.check(model, opt, good, epoch, ckpt_path, history)
+                guard.check(model, opt, good, epoch, ckpt_path, history)
                 if not _all_finite(model):
-                    _diverged("parameter", float("nan"), epoch, step, ckpt_path, history)
-                row = {"epoch": epoch, "train_neg_elbo": sums["neg_elbo"] / n, "train_kl": sums["kl"] / n,
-                       "train_loss": sums["loss"] / n}
+                    _diverged("parameter", float("nan"), epoch, step, ckpt_path, history, model, opt, good)
+                neg_elbo, kl, loss_sum = sums.tolist()
+                row = {"epoch": epoch, "train_neg_elbo": neg_elbo / n, "train_kl": kl / n, "train_loss": loss_sum / n}
                 row.update(valid_neg_elbo=math.nan, valid_rec=math.nan, valid_kl=math.nan, valid_au=math.nan)
                 if valid is not None and (epoch % eval_every == 0 or epoch == epochs):
                     # evaluation draws its own noise and leaves the training RNG stream untouched
@@ -366,7 +439,8 @@ def fit(model, train_x, valid_x=None, *, epochs: int = 10, batch_size: int = 100
                     row.update(valid_neg_elbo=ev["neg_elbo"], valid_rec=ev["rec"], valid_kl=ev["kl"],
                                valid_au=ev["au"])
                     if not math.isfinite(ev["neg_elbo"]):
-                        _diverged("validation negative ELBO", ev["neg_elbo"], epoch, step, ckpt_path, history)
+                        _diverged("validation negative ELBO", ev["neg_elbo"], epoch, step, ckpt_path, history,
+                                  model, opt, good)
                 row["seconds"] = time.perf_counter() - t0
                 for k in HISTORY_KEYS:
                     history[k].append(row[k])
@@ -374,8 +448,8 @@ def fit(model, train_x, valid_x=None, *, epochs: int = 10, batch_size: int = 100
                     _atomic_save({"model": model.state_dict(), "optimizer": opt.state_dict(),
                                   "torch_rng": torch.get_rng_state(),
                                   "cuda_rng": torch.cuda.get_rng_state(device) if cuda_devices else None,
-                                  "data_rng": data_rng.get_state(), "epoch": epoch, "step": step,
-                                  "history": history, "config": config}, ckpt_path)
+                                  "data_rng": data_rng.get_state(), "data_device": data_rng.device.type,
+                                  "epoch": epoch, "step": step, "history": history, "config": config}, ckpt_path)
                 if bar is not None:
                     bar.update(1)
                     post = {"neg_elbo": f"{row['train_neg_elbo']:.2f}"}
@@ -389,11 +463,70 @@ def fit(model, train_x, valid_x=None, *, epochs: int = 10, batch_size: int = 100
     return history
 
 
-def _diverged(what: str, value: float, epoch: int, step: int, ckpt_path: Path | None, history: dict):
+def _f64(t: torch.Tensor) -> torch.Tensor:
+    return t.to(torch.float64)
+
+
+def _grad_norm(params) -> torch.Tensor:
+    """Global L2 norm of the gradients (a device tensor; no host synchronisation)."""
+    norms = [torch.linalg.vector_norm(p.grad.detach()) for p in params if p.grad is not None]
+    if not norms:
+        return torch.zeros((), device=params[0].device)
+    return torch.linalg.vector_norm(torch.stack(norms))
+
+
+def _fits_on(device: torch.device, *tensors) -> bool:
+    """Whether the data may live on ``device``: always on a CPU; on a GPU when it takes at most a quarter of the
+    free memory (the rest is for the model, its activations and the evaluation)."""
+    if device.type != "cuda":
+        return True
+    need = sum(t.numel() * t.element_size() for t in tensors if t is not None)
+    free, _ = torch.cuda.mem_get_info(device)
+    return need <= free // 4
+
+
+def _snapshot(model, opt) -> tuple[dict, dict]:
+    """Copies of the model's and the optimizer's state (restored when the epoch diverges)."""
+    return ({k: v.detach().clone() for k, v in model.state_dict().items()}, copy.deepcopy(opt.state_dict()))
+
+
+class _FiniteGuard:
+    """Device-side record of the loss and gradient norm of the last steps, read on the host every ``every``
+    steps (and at the end of the epoch): the check of :func:`fit` without a host synchronisation per step."""
+
+    def __init__(self, every: int, device: torch.device, step: int):
+        self.buf = torch.zeros(every, 2, dtype=torch.float64, device=device)
+        self.every, self.filled, self.first_step = every, 0, step + 1
+
+    def record(self, loss: torch.Tensor, norm: torch.Tensor) -> None:
+        self.buf[self.filled, 0].copy_(loss)
+        self.buf[self.filled, 1].copy_(norm.detach())
+        self.filled += 1
+
+    def full(self) -> bool:
+        return self.filled == self.every
+
+    def check(self, model, opt, good, epoch: int, ckpt_path, history) -> None:
+        """Raise :class:`NonFiniteLossError` (after restoring ``good``) at the first recorded non-finite value."""
+        if self.filled:
+            for i, (loss, norm) in enumerate(self.buf[:self.filled].tolist()):
+                if not math.isfinite(loss):
+                    _diverged("loss", loss, epoch, self.first_step + i, ckpt_path, history, model, opt, good)
+                if not math.isfinite(norm):
+                    _diverged("gradient norm", norm, epoch, self.first_step + i, ckpt_path, history, model, opt, good)
+        self.first_step += self.filled
+        self.filled = 0
+
+
+def _diverged(what: str, value: float, epoch: int, step: int, ckpt_path: Path | None, history: dict,
+              model=None, opt=None, good=None):
+    if good is not None:
+        model.load_state_dict(good[0])
+        opt.load_state_dict(good[1])
     last = history["epoch"][-1] if history["epoch"] else None
     where = (f"the last good checkpoint (epoch {last}) is {ckpt_path}" if ckpt_path is not None and last
              else "no checkpoint was written")
     raise NonFiniteLossError(
-        f"training diverged: {what} = {value} at epoch {epoch}, step {step}; the update was not applied and "
-        f"{where}. Lower lr, set grad_clip, or check the data.", epoch=epoch, step=step,
-        checkpoint=ckpt_path if (ckpt_path is not None and last) else None)
+        f"training diverged: {what} = {value} at epoch {epoch}, step {step}; the model and optimizer were restored "
+        f"to their state at the start of epoch {epoch} and {where}. Lower lr, set grad_clip, or check the data.",
+        epoch=epoch, step=step, checkpoint=ckpt_path if (ckpt_path is not None and last) else None)
