@@ -141,6 +141,9 @@ def test_nan_guard_raises_and_keeps_last_good_checkpoint(pinwheel, tmp_path):
     for k, v in good["model"].items():
         assert torch.equal(kept["model"][k], v) and torch.isfinite(v).all()
     assert all(torch.isfinite(p).all() for p in model.parameters())   # the bad update was not applied
+    # the checks run on the device and are read every finite_check_every steps: on a divergence the model and the
+    # optimizer are restored to the start of the failing epoch, here the last checkpoint
+    assert all(torch.equal(v, good["model"][k]) for k, v in model.state_dict().items())
 
 
 def test_huge_learning_rate_is_caught(pinwheel):
