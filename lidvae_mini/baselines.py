@@ -62,7 +62,7 @@ from torch import nn
 from ._checks import check_choice, check_int, check_positive
 from .encoders import LOG_2PI as LOG_2PI_
 from .encoders import LOGVAR_RANGE, ConditionalRealNVP, GaussianEncoder
-from .mixture import MixtureVAE, entropy_from_log_probs
+from .mixture import EXAMPLE1_GAMMA, MixtureVAE, entropy_from_log_probs
 from .vae import VAE
 
 #: Kim et al.'s SVI settings (``train_img.py`` defaults; He et al.'s rerun uses the same lr, momentum and clip).
@@ -337,12 +337,19 @@ class SVIRefinedEncoder(GaussianEncoder):
         return torch.cat(mus), torch.cat(lvs)
 
 
+def _frozen_prior_kwargs(model) -> dict:
+    """``MixtureVAE`` arguments that copy ``model``'s prior, frozen: Example 1 stays Example 1 (same ``gamma``)."""
+    kw = dict(prior_log_scales=model.prior_log_scales.detach().cpu())
+    if getattr(model, "prior", "learned") == "example1":
+        return {**kw, "prior": "example1", "gamma": float(model.prior_gamma)}
+    return {**kw, "prior_means": model.prior_means.detach().cpu(), "learn_prior": False}
+
+
 def _refined_view(model, seed: int, batch_size: int):
     enc = SVIRefinedEncoder(model.encoder, model, **model.svi, batch_size=batch_size, seed=seed)
     if _is_mixture(model):
         view = MixtureVAE(model.cluster_net, enc, model.decoder, model.num_clusters, beta=1.0,
-                          prior_means=model.prior_means.detach().cpu(),
-                          prior_log_scales=model.prior_log_scales.detach().cpu(), learn_prior=False)
+                          **_frozen_prior_kwargs(model))
         for attr in ("kind", "size_match"):
             if hasattr(model, attr):
                 setattr(view, attr, getattr(model, attr))
@@ -402,10 +409,11 @@ def semi_amortized(model, svi_steps: int = 20, svi_lr: float = 1.0, momentum: fl
               train_kl=train_kl)
     _gaussian_encoder(model)
     if _is_mixture(model):
+        prior_kw = _frozen_prior_kwargs(model)
+        if prior_kw.get("prior") != "example1":
+            prior_kw["learn_prior"] = getattr(model, "learn_prior", True)
         sa = SAMixtureVAE(model.cluster_net, model.encoder, model.decoder, model.num_clusters, beta=model.beta,
-                          prior_means=model.prior_means.detach().cpu(),
-                          prior_log_scales=model.prior_log_scales.detach().cpu(),
-                          learn_prior=getattr(model, "learn_prior", True), **kw)
+                          **prior_kw, **kw)
         for attr in ("kind", "size_match"):
             if hasattr(model, attr):
                 setattr(sa, attr, getattr(model, attr))
@@ -425,11 +433,12 @@ class SAMixtureVAE(MixtureVAE):
     """
 
     def __init__(self, cluster_net, encoder, decoder, num_clusters, beta=1.0, prior_means=None, prior_log_scales=None,
-                 learn_prior=True, svi_steps=20, svi_lr=1.0, momentum=0.5, clip=5.0, train_n2n=True, train_kl=False):
+                 learn_prior=None, svi_steps=20, svi_lr=1.0, momentum=0.5, clip=5.0, train_n2n=True, train_kl=False,
+                 prior="learned", gamma=EXAMPLE1_GAMMA):
         if not isinstance(encoder, GaussianEncoder):
             raise TypeError(f"SA-VAE needs a Gaussian q(w|x, y), got {type(encoder).__name__}")
         super().__init__(cluster_net, encoder, decoder, num_clusters, beta=beta, prior_means=prior_means,
-                         prior_log_scales=prior_log_scales, learn_prior=learn_prior)
+                         prior_log_scales=prior_log_scales, learn_prior=learn_prior, prior=prior, gamma=gamma)
         self.svi = _svi_settings(svi_steps, svi_lr, momentum, clip)
         self.train_n2n, self.train_kl = bool(train_n2n), bool(train_kl)
 
@@ -444,6 +453,32 @@ class SAMixtureVAE(MixtureVAE):
 
 
 # ------------------------------------------------------------------------------------------ mutual information
+def _flow_log_density_matrix(enc: ConditionalRealNVP, w: torch.Tensor, mu: torch.Tensor, logvar: torch.Tensor,
+                             h: torch.Tensor, rows: int) -> torch.Tensor:
+    """``log q(w_i | context_m)`` of a :class:`~lidvae_mini.encoders.ConditionalRealNVP` for every draw ``w_i``
+    (N, K) under every context ``m`` given by its base ``(mu, logvar)`` (M, K) and coupling features ``h`` (M, H):
+    (N, M), nats. The same computation as ``enc.log_prob`` (tested against it), with the first linear layer of each
+    coupling network split into its ``w`` and context parts, so the context part is computed once per context
+    instead of once per (draw, context) pair."""
+    K = w.shape[1]
+    pre = []
+    for layer in enc.couplings:
+        lin = layer.net[0]
+        pre.append((lin.weight[:, :K], h @ lin.weight[:, K:].T + lin.bias))           # (hidden, K), (M, hidden)
+    out = []
+    for r0 in range(0, w.shape[0], rows):
+        z = w[r0:r0 + rows, None, :].expand(-1, mu.shape[0], -1)                    # (rows, M, K)
+        logdet = torch.zeros(z.shape[:-1], dtype=z.dtype, device=z.device)
+        for layer, (w_z, ctx) in reversed(list(zip(enc.couplings, pre))):
+            raw_s, t = layer.net[1:]((z * layer.mask) @ w_z.T + ctx[None]).chunk(2, dim=-1)
+            free = 1.0 - layer.mask
+            s_ = layer.scale * torch.tanh(raw_s) * free
+            z = (z - t * free) * torch.exp(-s_)
+            logdet = logdet + s_.sum(-1)
+        out.append(-0.5 * (LOG_2PI_ + logvar[None] + (z - mu[None]) ** 2 * torch.exp(-logvar[None])).sum(-1) - logdet)
+    return torch.cat(out)
+
+
 @torch.no_grad()
 def mixture_mutual_information(model, x, seed: int = 0, batch_size: int = 1000, chunk: int = 512) -> dict:
     """Mutual informations of a mixture VAE's inference network ``q(y|x) q(w|x, y)`` on the points ``x``, nats.
@@ -456,15 +491,21 @@ def mixture_mutual_information(model, x, seed: int = 0, batch_size: int = 1000, 
 
     ``MI`` and ``MI_w`` are estimated as in :func:`lidvae_mini.metrics.mutual_information` with ``pool="all"``
     and ``entropy="sample"``: one draw ``(y_i, w_i) ~ q(.|x_i)`` per point (seeded), ``mean_i [log q(.|x_i) -
-    log q(.)]`` at the draws, each aggregate including the point's own component. Cost O(N^2 C K).
+    log q(.)]`` at the draws, each aggregate including the point's own component. ``q(w|x, y)`` is a Gaussian
+    (:class:`~lidvae_mini.encoders.GaussianEncoder`, closed-form densities) or the two-layer RealNVP of the paper's
+    supplement (:class:`~lidvae_mini.encoders.ConditionalRealNVP`, exact densities by the change of variables, the
+    draw ``w_i`` pushed through the flow of every ``(x_n, y)``). Cost O(N^2 C K) (times the coupling width for the
+    flow).
 
     Raises:
-        TypeError: ``q(w|x, y)`` is not Gaussian (``forward`` must return ``(mu, logvar)``).
+        TypeError: ``q(w|x, y)`` is neither a Gaussian nor a RealNVP encoder.
     """
     from .metrics import _seeded, gaussian_log_density_matrix
 
-    if not isinstance(model.encoder, GaussianEncoder):
-        raise TypeError(f"mixture_mutual_information needs a Gaussian q(w|x, y), got {type(model.encoder).__name__}")
+    flow = isinstance(model.encoder, ConditionalRealNVP)
+    if not flow and not isinstance(model.encoder, GaussianEncoder):
+        raise TypeError(f"mixture_mutual_information needs a Gaussian or RealNVP q(w|x, y), got "
+                        f"{type(model.encoder).__name__}")
     like = next(model.parameters())
     dev = like.device
     x = torch.as_tensor(x, dtype=like.dtype)
@@ -473,33 +514,56 @@ def mixture_mutual_information(model, x, seed: int = 0, batch_size: int = 1000, 
     was = model.training
     model.eval()
     try:
-        probs, mus, lvs = [], [], []
+        probs, mus, lvs, hs = [], [], [], []
         for start in range(0, N, batch_size):
             xb = x[start:start + batch_size].to(dev)
             probs.append(model.cluster_probs(xb).detach().double())
-            mu, lv = model.encoder(model._context(xb))
-            mus.append(mu.detach().double().reshape(C, -1, K))
-            lvs.append(lv.detach().double().reshape(C, -1, K))
+            if flow:
+                mu, lv, h = model.encoder.base_params(model._context(xb))
+                hs.append(h.reshape(C, -1, h.shape[-1]))
+            else:
+                mu, lv = model.encoder(model._context(xb))
+            mus.append(mu.detach().reshape(C, -1, K))
+            lvs.append(lv.detach().reshape(C, -1, K))
+        q, mu, lv = torch.cat(probs), torch.cat(mus, 1), torch.cat(lvs, 1)    # (N, C), (C, N, K), (C, N, K)
+        log_q = torch.log(q.clamp_min(1e-300))
+        idx = torch.arange(N, device=dev)
+        with _seeded(seed, dev):
+            y = torch.multinomial(q, 1).squeeze(1)
+            eps = torch.randn(N, K, dtype=torch.float64, device=dev)
+        if flow:
+            h = torch.cat(hs, 1)                                                    # (C, N, H)
+            u = mu[y, idx].double() + torch.exp(0.5 * lv[y, idx].double()) * eps
+            w = model.encoder.flow(u.to(like.dtype), h[y, idx])[0]                  # (N, K), model dtype
+            mu_f, lv_f, h_f = mu.reshape(C * N, K), lv.reshape(C * N, K), h.reshape(C * N, -1)
+            rows = max(1, 2 ** 22 // (C * N * max(layer.net[0].out_features for layer in model.encoder.couplings)))
+
+            def comp_rows(r):                                                       # (C, rows, N): log q(w_r|x_n, c)
+                d = _flow_log_density_matrix(model.encoder, w[r], mu_f, lv_f, h_f, rows).double()
+                return d.reshape(-1, C, N).permute(1, 0, 2)
+
+        else:
+            mu, lv = mu.double(), lv.double()
+            w = mu[y, idx] + torch.exp(0.5 * lv[y, idx]) * eps                      # (N, K)
+
+            def comp_rows(r):
+                return torch.stack([gaussian_log_density_matrix(w[r], mu[c], lv[c]) for c in range(C)], 0)
+
+        agg_w = torch.empty(N, dtype=torch.float64, device=dev)
+        agg_joint = torch.empty(N, dtype=torch.float64, device=dev)
+        own_comp = torch.empty(N, C, dtype=torch.float64, device=dev)
+        for r0 in range(0, N, chunk):
+            rows_ = slice(r0, min(r0 + chunk, N))
+            comp = comp_rows(rows_)                                                 # (C, rows, N)
+            local = torch.arange(comp.shape[1], device=dev)
+            own_comp[rows_] = comp[:, local, idx[rows_]].T                          # log q(w_i|x_i, c)
+            dens = comp + log_q.T[:, None, :]
+            agg_w[rows_] = torch.logsumexp(dens, dim=(0, 2))
+            agg_joint[rows_] = torch.logsumexp(dens[y[rows_], local], 1)
     finally:
         model.train(was)
-    q, mu, lv = torch.cat(probs), torch.cat(mus, 1), torch.cat(lvs, 1)        # (N, C), (C, N, K), (C, N, K)
-    log_q = torch.log(q.clamp_min(1e-300))
-    idx = torch.arange(N, device=dev)
-    with _seeded(seed, dev):
-        y = torch.multinomial(q, 1).squeeze(1)
-        eps = torch.randn(N, K, dtype=torch.float64, device=dev)
-    w = mu[y, idx] + torch.exp(0.5 * lv[y, idx]) * eps                          # (N, K)
-    own_comp = torch.stack([-0.5 * (LOG_2PI_ + lv[c] + (w - mu[c]) ** 2 / lv[c].exp()).sum(-1) for c in range(C)], 1)
     own_joint = log_q[idx, y] + own_comp[idx, y]
     own_w = torch.logsumexp(log_q + own_comp, 1)
-    agg_w = torch.empty(N, dtype=torch.float64, device=dev)
-    agg_joint = torch.empty(N, dtype=torch.float64, device=dev)
-    for r0 in range(0, N, chunk):
-        rows = slice(r0, min(r0 + chunk, N))
-        dens = torch.stack([gaussian_log_density_matrix(w[rows], mu[c], lv[c]) + log_q[:, c][None, :]
-                            for c in range(C)], 0)                              # (C, rows, N)
-        agg_w[rows] = torch.logsumexp(dens, dim=(0, 2))
-        agg_joint[rows] = torch.logsumexp(dens[y[rows], torch.arange(dens.shape[1], device=dev)], 1)
     agg_w -= math.log(N)
     agg_joint -= math.log(N)
     marg = q.mean(0)
@@ -848,61 +912,91 @@ def fit_baseline(trainer: str, model, train_x, valid_x=None, *, select_best: boo
 
 
 # ---------------------------------------------------------------------------------- image experiments (ch. 08)
-#: The rows of the images chapter (paper Tables 1-2): name -> (model kind, trainer). Every mixture row is a
-#: GMVAE variant with a Gaussian ``q(w|x, y)``, as the official code's baselines; ``"vae"`` is the single-latent VAE.
+#: The rows of the images chapter (paper Tables 1-2) and of its 2 x 2 ablation: name -> (model kind, trainer,
+#: prior ``p(w|y)``). The baselines are GMVAE variants with learned cluster priors, as in the official code; the
+#: ``"lidgmvae"`` row is the paper's Example 1 (fixed zero-one ``beta_1``, needs ``num_clusters <= latent_dim``) and
+#: ``"lidgmvae_learned"`` its learned-prior variant (the ``"lidgmvae"`` of the book's results committed before
+#: Example 1 became the default). ``"gmvae_example1"`` (MLP decoder, Example 1's prior) completes the ablation
+#: {learned, Example 1} x {MLP, injective decoder}. ``"vae"`` is the single-latent VAE (no prior over clusters).
 IMAGE_METHODS = {
-    "vae": ("vae", "elbo"),                  # single latent z ~ N(0, I), MLP decoder
-    "beta_vae": ("beta_gmvae", "elbo"),      # β-GMVAE, β = 0.2 on KL_y + KL_w
-    "sa_vae": ("gmvae", "sa_vae"),           # SA-GMVAE: q(w|x, y) refined by SVI, q(y|x) amortised
-    "lagging_vae": ("gmvae", "aggressive"),  # GMVAE with He et al.'s aggressive encoder training
-    "gmvae": ("gmvae", "elbo"),              # the paper's "VAE" row of Table 2
-    "lidgmvae": ("lidgmvae", "elbo"),        # injective decoder (Definition 3)
+    "vae": ("vae", "elbo", None),                        # single latent z ~ N(0, I), MLP decoder
+    "beta_vae": ("beta_gmvae", "elbo", "learned"),       # β-GMVAE, β = 0.2 on KL_y + KL_w
+    "sa_vae": ("gmvae", "sa_vae", "learned"),            # SA-GMVAE: q(w|x, y) refined by SVI, q(y|x) amortised
+    "lagging_vae": ("gmvae", "aggressive", "learned"),   # GMVAE with He et al.'s aggressive encoder training
+    "gmvae": ("gmvae", "elbo", "learned"),               # the paper's "VAE" row of Table 2
+    "lidgmvae": ("lidgmvae", "elbo", "example1"),        # injective decoder (Definition 3), Example 1's prior
+    "lidgmvae_learned": ("lidgmvae", "elbo", "learned"),  # injective decoder, learned cluster priors
+    "gmvae_example1": ("gmvae", "elbo", "example1"),     # MLP decoder, Example 1's prior (ablation)
 }
+#: Encoders of ``q(w|x, y)`` (``q(z|x)`` for the VAE row): the supplement's two-layer RealNVP, or a Gaussian.
+IMAGE_ENCODERS = ("realnvp", "gaussian")
+
+
+def method_spec(method: str, encoder: str = "realnvp") -> dict:
+    """What one row of :data:`IMAGE_METHODS` is: ``{"kind", "trainer", "prior", "encoder", "decoder"}``.
+
+    ``encoder`` is the requested family; SA-VAE's SVI refinement needs a Gaussian ``q(w|x, y)``, so ``"sa_vae"``
+    always gets ``"gaussian"``. ``decoder`` is ``"injective"`` (Brenier maps) or ``"mlp"``.
+
+    Raises:
+        ValueError: unknown ``method`` or ``encoder``.
+    """
+    check_choice(method, "method", tuple(IMAGE_METHODS))
+    check_choice(encoder, "encoder", IMAGE_ENCODERS)
+    kind, trainer, prior = IMAGE_METHODS[method]
+    return {"kind": kind, "trainer": trainer, "prior": prior, "encoder": "gaussian" if trainer == "sa_vae" else encoder,
+            "decoder": "injective" if kind == "lidgmvae" else "mlp"}
 
 
 def build_method(method: str, data_dim: int, latent_dim: int, num_clusters: int, depth: int = 1,
                  head: str = "bernoulli", *, hidden=(128,), icnn_width: int = 32, alpha: float = 0.1,
-                 svi_steps: int = 20, seed: int = 0):
+                 svi_steps: int = 20, encoder: str = "realnvp", seed: int = 0):
     """The model of one row of :data:`IMAGE_METHODS`, initialised with ``seed``.
 
-    Mixture rows: :func:`lidvae_mini.mixture.build_mixture_vae` with a Gaussian ``q(w|x, y)`` (``hidden`` for it and
-    for ``q(y|x)``), ``depth`` generative hidden layers, decoders of matched size (``icnn_width``, ``alpha``);
-    ``"sa_vae"`` wraps the GMVAE with :func:`semi_amortized` (``svi_steps``). ``"vae"``: a single-latent VAE
-    (:func:`lidvae_mini.vae.build_vae`) whose MLP decoder has the GMVAE decoder's hidden sizes.
+    Mixture rows: :func:`lidvae_mini.mixture.build_mixture_vae` with the row's prior (:func:`method_spec`) and
+    ``q(w|x, y)`` from ``encoder`` (``hidden`` for it and for ``q(y|x)``; the paper's supplement: a two-layer
+    RealNVP; ``"sa_vae"`` always Gaussian), ``depth`` generative hidden layers, decoders of matched size
+    (``icnn_width``, ``alpha``); ``"sa_vae"`` wraps the GMVAE with :func:`semi_amortized` (``svi_steps``).
+    ``"vae"``: a single-latent VAE (:func:`lidvae_mini.vae.build_vae`, the same ``encoder`` family) whose MLP
+    decoder has the GMVAE decoder's hidden sizes. For the same ``seed`` every row starts from the same ``q(y|x)``
+    and ``q(w|x, y)`` weights (same encoder family), and rows with the same decoder from the same decoder weights.
 
     Raises:
-        ValueError: unknown ``method`` (and the builders' errors).
+        ValueError: unknown ``method`` or ``encoder``; ``num_clusters > latent_dim`` for a row with Example 1's prior
+            (and the builders' other errors).
     """
     import warnings
 
     from .mixture import build_mixture_vae
     from .vae import build_vae
 
-    check_choice(method, "method", tuple(IMAGE_METHODS))
-    kind, trainer = IMAGE_METHODS[method]
-    kw = dict(encoder="gaussian", encoder_hidden=hidden, cluster_hidden=hidden, icnn_width=icnn_width, alpha=alpha,
-              seed=seed)
+    spec = method_spec(method, encoder)
+    kind = spec["kind"]
+    kw = dict(encoder=spec["encoder"], encoder_hidden=hidden, cluster_hidden=hidden, icnn_width=icnn_width,
+              alpha=alpha, seed=seed, prior=spec["prior"] or "learned")
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message="no MLP decoder")   # recorded in model.size_match instead
         gm = build_mixture_vae("gmvae" if kind == "vae" else kind, data_dim, latent_dim, num_clusters, head, depth,
                                **kw)
     if kind == "vae":
-        return build_vae("vae", data_dim, latent_dim, head, encoder_hidden=hidden, mlp_hidden=gm.decoder.hidden,
-                         seed=seed)
-    return semi_amortized(gm, svi_steps=svi_steps) if trainer == "sa_vae" else gm
+        return build_vae("vae", data_dim, latent_dim, head, encoder=spec["encoder"], encoder_hidden=hidden,
+                         mlp_hidden=gm.decoder.hidden, seed=seed)
+    return semi_amortized(gm, svi_steps=svi_steps) if spec["trainer"] == "sa_vae" else gm
 
 
 def run_method(method: str, data: dict, *, depth: int = 1, epochs: int = 10, batch_size: int = 100,
                lr: float = 1e-3, latent_dim: int = 8, num_clusters: int = 10, iwae_samples: int = 100,
                seed: int = 0, device="cpu", hidden=(128,), icnn_width: int = 32, alpha: float = 0.1,
-               svi_steps: int = 20, max_inner_steps: int = 100, check_every: int = 15) -> tuple[dict, dict]:
+               svi_steps: int = 20, max_inner_steps: int = 100, check_every: int = 15,
+               encoder: str = "realnvp") -> tuple[dict, dict]:
     """Build, train (model selection on the validation split) and evaluate one row of the images chapter.
 
     Args:
         method: a key of :data:`IMAGE_METHODS`.
         data: ``{"train": (x, y), "valid": x_bin, "test": (x_bin, y)}``: training images in [0, 1] (dynamically
             binarised by the trainer), validation and test images already binarised once (fixed seeds).
-        depth, latent_dim, num_clusters, hidden, icnn_width, alpha, svi_steps: the model (:func:`build_method`).
+        depth, latent_dim, num_clusters, hidden, icnn_width, alpha, svi_steps, encoder: the model
+            (:func:`build_method`; ``encoder`` is the family of ``q(w|x, y)``, Gaussian for SA-VAE whatever it says).
         epochs, batch_size, lr, seed: training (Adam); ``max_inner_steps``, ``check_every``: aggressive training.
         iwae_samples: importance samples per datapoint (per cluster for mixtures) of the test log-likelihood.
         device: torch device.
@@ -923,14 +1017,15 @@ def run_method(method: str, data: dict, *, depth: int = 1, epochs: int = 10, bat
     from .mixture import evaluate_mixture
     from .train import evaluate
 
-    check_choice(method, "method", tuple(IMAGE_METHODS))
+    spec = method_spec(method, encoder)
     t0 = time.perf_counter()
     x_train = data["train"][0]
     x_valid = data["valid"]
     x_test, y_test = data["test"]
     model = build_method(method, x_train.shape[1], latent_dim, num_clusters, depth, hidden=hidden,
-                         icnn_width=icnn_width, alpha=alpha, svi_steps=svi_steps, seed=seed).to(device)
-    trainer = IMAGE_METHODS[method][1]
+                         icnn_width=icnn_width, alpha=alpha, svi_steps=svi_steps, encoder=encoder,
+                         seed=seed).to(device)
+    trainer = spec["trainer"]
     extra = dict(max_inner_steps=max_inner_steps, check_every=check_every) if trainer == "aggressive" else {}
     hist = fit_baseline(trainer, model, x_train, x_valid, select_best=True, epochs=epochs, batch_size=batch_size,
                         lr=lr, seed=seed, binarize="dynamic", **extra)

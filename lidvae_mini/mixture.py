@@ -1,12 +1,25 @@
 """Mixture VAEs: the GMVAE, the β-GMVAE and the latent-identifiable LIDGMVAE (paper Example 1, §3.2, supplement C).
 
-Generative model, per datapoint (``C`` clusters, ``K`` continuous latent dimensions, ``D`` data dimensions)::
+Generative model, per datapoint (``C`` clusters, ``K`` continuous latent dimensions, ``D`` data dimensions; the
+paper's Example 1 writes K clusters and M latent dimensions)::
 
     y ~ Cat(1/C),    w | y ~ N(mu_y, diag sigma_y^2),    x | w ~ EF(eta(w)).
 
-The per-cluster prior parameters ``(mu_y, log sigma_y)`` are learned (as in the official code, where they are
-``fc7``/``fc8`` of ``onehot(y)``; ``learn_prior=False`` freezes them at their distinct initial values). The decoder
-``eta`` is an :class:`~lidvae_mini.decoders.MLPDecoder` for the GMVAE (``depth`` hidden layers) or an
+Two priors ``p(w|y)`` (argument ``prior``):
+
+- ``"example1"``, the LIDGMVAE of the paper's Example 1 (Eq. 9; supplement Eq. 15): ``w | y ~ EF(beta_1^T y)``
+  with a **fixed** zero-one ``beta_1`` (C x K, ones on the main diagonal, zeros elsewhere; full row rank, so it
+  needs ``C <= K``), Gaussian as for the LIDGMVAE: ``mu_y = gamma * beta_1^T onehot(y) = gamma e_y`` and
+  ``sigma_y = sigma`` for every cluster. ``beta_1`` is a registered buffer; ``gamma`` and ``sigma`` are fixed too
+  (see :data:`EXAMPLE1_GAMMA`). Distinct clusters then have distinct priors by construction: ``y -> p(w|y)`` is
+  injective, whatever is learned. This is the default of the ``"lidgmvae"`` kind of :func:`build_mixture_vae`.
+- ``"learned"``: the per-cluster ``(mu_y, log sigma_y)`` are learned (as in the official code, where they are
+  ``fc7``/``fc8`` of ``onehot(y)``; ``learn_prior=False`` freezes them at their distinct initial values). Two
+  learned components can merge, and then ``y`` is not identifiable whatever the decoder. The default of the GMVAE
+  kinds, and the named variant ``prior="learned"`` of the LIDGMVAE (the only one possible when ``C > K``, e.g.
+  pinwheel: 5 clusters, ``K <= D = 2``).
+
+The decoder ``eta`` is an :class:`~lidvae_mini.decoders.MLPDecoder` for the GMVAE (``depth`` hidden layers) or an
 :class:`~lidvae_mini.decoders.InjectiveDecoder` ``g_2(beta^T g_1(w))`` for the LIDGMVAE (ICNNs with ``depth``
 hidden layers; needs ``K <= D``). EF is Gaussian (pinwheel) or Bernoulli (binary images).
 
@@ -45,6 +58,15 @@ from .encoders import LOG_2PI, MEAN_SAMPLES, make_encoder, mlp
 from .vae import DecoderFacts
 
 KINDS = ("gmvae", "lidgmvae", "beta_gmvae")
+#: Priors ``p(w|y)``: the fixed zero-one ``beta_1`` of the paper's Example 1, or learned per-cluster Gaussians.
+PRIORS = ("example1", "learned")
+#: The fixed scale γ of the Example-1 cluster means ``gamma * e_y`` (with the prior scale ``sigma = 1``). Our choice:
+#: the paper's Eq. (9) writes ``EF(w | beta_1^T y)`` (γ = 1) and the supplement ``Gaussian(y^T beta, gamma_theta)``
+#: without giving the variance. Only γ/σ matters (the decoder can rescale w); γ = 3 puts any two cluster means
+#: 3√2 ≈ 4.2 prior standard deviations apart (a Bayes error of Φ(-2.1) ≈ 1.7% between two clusters), so that
+#: distinct clusters are distinct in practice and not only in principle. Fixed, not learned: a learned γ (or σ)
+#: could shrink γ/σ towards 0 and make the clusters nearly non-identifiable again.
+EXAMPLE1_GAMMA = 3.0
 SUPPORTED_HEADS = ("bernoulli", "gaussian")
 #: β of the β-GMVAE in the paper's comparisons (supplement Table 2).
 PAPER_BETA = 0.2
@@ -68,6 +90,23 @@ def entropy_from_log_probs(log_probs: torch.Tensor) -> torch.Tensor:
     return -(log_probs.exp() * log_probs).sum(-1)
 
 
+def example1_beta(num_clusters: int, latent_dim: int) -> torch.Tensor:
+    """The fixed zero-one ``beta_1`` of the paper's Example 1 (Eq. 9; supplement Definition 4, Eq. 15), (C, K).
+
+    Ones on the main diagonal, zeros elsewhere, so ``beta_1^T onehot(y) = e_y`` (the y-th unit vector of R^K) and
+    distinct clusters get distinct, orthogonal means. Full row rank needs ``C <= K``.
+
+    Raises:
+        ValueError: ``num_clusters > latent_dim`` (naming both, and pointing at ``prior="learned"``).
+    """
+    C, K = check_int(num_clusters, "num_clusters"), check_int(latent_dim, "latent_dim")
+    if C > K:
+        raise ValueError(f"Example 1's fixed zero-one beta_1 needs num_clusters <= latent_dim (C distinct unit vectors "
+                         f"in R^K), got num_clusters = {C} > latent_dim = {K}; use the learned-prior variant "
+                         f"(prior='learned') or a latent_dim of at least {C}")
+    return torch.eye(C, K, dtype=torch.get_default_dtype())
+
+
 class MixtureVAE(DecoderFacts, nn.Module):
     """A mixture VAE ``p(y) p(w|y) p(x|w)`` with ``q(y|x) q(w|x,y)``; ``y`` is summed exactly everywhere.
 
@@ -79,17 +118,28 @@ class MixtureVAE(DecoderFacts, nn.Module):
             :class:`~lidvae_mini.decoders.InjectiveDecoder` (LIDGMVAE), head ``"gaussian"`` or ``"bernoulli"``.
         num_clusters: C >= 2.
         beta: weight of ``KL_y + KL_w`` in the *training* loss (1 = GMVAE/LIDGMVAE, 0.2 = the paper's β-GMVAE).
-        prior_means: (C, K) initial ``mu_y`` (default: C draws of N(0, I) from the global torch RNG).
-        prior_log_scales: (C, K) initial ``log sigma_y`` (default 0).
-        learn_prior: train ``mu_y`` and ``log sigma_y`` (default, as the official code) or keep them fixed.
+        prior_means: (C, K) initial ``mu_y`` of the learned prior (default: C draws of N(0, I) from the global
+            torch RNG); must be None for ``prior="example1"``.
+        prior_log_scales: (C, K) ``log sigma_y`` (initial when learned; default 0).
+        learn_prior: for ``prior="learned"``: train ``mu_y`` and ``log sigma_y`` (default, as the official code) or
+            keep them fixed. ``prior="example1"`` learns nothing (None or False).
+        prior: ``"learned"`` (default of this class) or ``"example1"`` (the paper's Example 1: ``mu_y = gamma *
+            beta_1^T onehot(y)`` with the fixed zero-one ``beta_1`` of :func:`example1_beta`, registered as the buffer
+            ``beta_1``; ``gamma`` and the scales fixed).
+        gamma: the fixed scale of the Example-1 means (:data:`EXAMPLE1_GAMMA`); ignored for a learned prior.
+
+    Attributes ``prior`` (the name), ``learn_prior``, ``prior_means`` and ``prior_log_scales`` (parameters or
+    buffers), and for Example 1 the buffers ``beta_1`` (C, K) and ``prior_gamma`` (a scalar).
 
     Raises:
         ValueError: C < 2, sizes that disagree (encoder width ``D + C``, latent dims, prior shapes),
-            unsupported head, ``beta <= 0``.
+            unsupported head, ``beta <= 0``, unknown ``prior``; for Example 1: C > K, ``prior_means`` given,
+            ``learn_prior=True``, ``gamma <= 0``.
     """
 
     def __init__(self, cluster_net: nn.Module, encoder: nn.Module, decoder: nn.Module, num_clusters: int,
-                 beta: float = 1.0, prior_means=None, prior_log_scales=None, learn_prior: bool = True):
+                 beta: float = 1.0, prior_means=None, prior_log_scales=None, learn_prior: bool | None = None,
+                 prior: str = "learned", gamma: float = EXAMPLE1_GAMMA):
         super().__init__()
         C = check_int(num_clusters, "num_clusters")
         if C < 2:
@@ -106,13 +156,28 @@ class MixtureVAE(DecoderFacts, nn.Module):
         self.encoder = encoder
         self.decoder = decoder
         self.beta = check_positive(beta, "beta")
+        self.prior = check_choice(prior, "prior", PRIORS)
         like = next(decoder.parameters())
-        means = torch.randn(C, K) if prior_means is None else torch.as_tensor(
-            as_float_array(prior_means, "prior_means", shape=(C, K)))
+        if self.prior == "example1":
+            if prior_means is not None:
+                raise ValueError("Example 1 fixes the cluster means at gamma * beta_1^T onehot(y): prior_means must be "
+                                 "None (use prior='learned' to choose or learn them)")
+            if learn_prior:
+                raise ValueError("Example 1's prior is fixed (beta_1, gamma and the scales): learn_prior must be None "
+                                 "or False (use prior='learned' to learn it)")
+            beta_1 = example1_beta(C, K)
+            gamma = check_positive(gamma, "gamma")
+            means = gamma * beta_1
+        else:
+            means = torch.randn(C, K) if prior_means is None else torch.as_tensor(
+                as_float_array(prior_means, "prior_means", shape=(C, K)))
         log_scales = torch.zeros(C, K) if prior_log_scales is None else torch.as_tensor(
             as_float_array(prior_log_scales, "prior_log_scales", shape=(C, K)))
         means, log_scales = means.to(like), log_scales.to(like)
-        self.learn_prior = bool(learn_prior)
+        self.learn_prior = self.prior == "learned" and (learn_prior is None or bool(learn_prior))
+        if self.prior == "example1":
+            self.register_buffer("beta_1", beta_1.to(like))
+            self.register_buffer("prior_gamma", torch.tensor(float(gamma)).to(like))
         if self.learn_prior:
             self.prior_means = nn.Parameter(means)
             self.prior_log_scales = nn.Parameter(log_scales)
@@ -131,7 +196,24 @@ class MixtureVAE(DecoderFacts, nn.Module):
         return self._data_dim
 
     def extra_repr(self) -> str:
-        return f"num_clusters={self.num_clusters}, beta={self.beta}, identifiable={self.identifiable}"
+        return (f"num_clusters={self.num_clusters}, beta={self.beta}, prior={self.prior!r}, "
+                f"learn_prior={self.learn_prior}, identifiable={self.identifiable}")
+
+    @torch.no_grad()
+    def prior_pairwise_kl(self) -> torch.Tensor:
+        """``KL(p(w|y) || p(w|y'))`` for every pair of clusters, (C, C), nats (0 on the diagonal).
+
+        ``y -> p(w|y)`` is injective exactly when every off-diagonal entry is positive: with Example 1's fixed
+        ``beta_1`` each is ``gamma^2 / sigma^2`` (distinct unit vectors), whatever training does; a learned prior
+        can drive an entry to 0 (two merged clusters, which no decoder can tell apart: Theorem 1).
+        """
+        mu, ls = self.prior_means.detach(), self.prior_log_scales.detach()
+        var = torch.exp(2 * ls)
+        # KL(N(mu_a, var_a) || N(mu_b, var_b)), summed over K, for every (a, b)
+        diff = mu[None, :, :] - mu[:, None, :]                                    # (a, b, K): mu_b - mu_a
+        kl = 0.5 * ((var[:, None, :] + diff ** 2) / var[None, :, :] - 1.0
+                    + 2 * (ls[None, :, :] - ls[:, None, :])).sum(-1)
+        return kl.fill_diagonal_(0.0)
 
     # -- the pieces ------------------------------------------------------------------------------------------
     def cluster_logits(self, x: torch.Tensor) -> torch.Tensor:
@@ -339,12 +421,20 @@ def default_prior_means(num_clusters: int, latent_dim: int, radius: float = 2.0)
 def build_mixture_vae(kind: str, data_dim: int, latent_dim: int, num_clusters: int, head: str = "gaussian",
                       depth: int = 2, *, encoder: str = "realnvp", encoder_hidden=(64, 64), cluster_hidden=(64, 64),
                       icnn_width: int = 32, hidden1=None, hidden2=None, alpha: float = 0.1, mlp_hidden=None,
-                      beta: float | None = None, learn_scale: bool = True, fixed_scale=None, learn_prior: bool = True,
+                      beta: float | None = None, learn_scale: bool = True, fixed_scale=None, prior: str | None = None,
+                      gamma: float = EXAMPLE1_GAMMA, learn_prior: bool | None = None,
                       prior_init: str = "circle", prior_radius: float = 2.0, prior_scale: float = 1.0,
                       seed: int | None = None,
                       encoder_kwargs: dict | None = None, decoder_kwargs: dict | None = None,
                       mlp_kwargs: dict | None = None) -> MixtureVAE:
     """Build a GMVAE (``"gmvae"``), a β-GMVAE (``"beta_gmvae"``, β = 0.2) or an LIDGMVAE (``"lidgmvae"``).
+
+    The LIDGMVAE is, by default, the paper's Example 1 (``prior="example1"``): fixed cluster means
+    ``gamma * beta_1^T onehot(y)`` with the zero-one ``beta_1`` (needs ``C <= K``), so ``y -> p(w|y)`` is injective.
+    Its learned-prior variant, ``prior="learned"``, learns ``mu_y, sigma_y`` as the official code does (and as the
+    GMVAE kinds do by default). ``prior`` applies to every kind, so the four models of the 2 x 2 ablation
+    {learned, Example 1} x {MLP, injective decoder} are ``build_mixture_vae(kind, ..., prior=p)`` for ``kind`` in
+    ``("gmvae", "lidgmvae")`` and ``p`` in :data:`PRIORS`.
 
     The LIDGMVAE decoder is ``InjectiveDecoder(K, D, hidden1, hidden2, head, alpha)`` with, by default,
     ``hidden1 = hidden2 = (icnn_width,) * depth``. The GMVAE decoders are MLPs with ``depth`` equal hidden layers
@@ -365,18 +455,26 @@ def build_mixture_vae(kind: str, data_dim: int, latent_dim: int, num_clusters: i
         mlp_hidden: explicit hidden sizes of the GMVAE decoder (skips the size matching).
         beta: KL weight; default 0.2 (:data:`PAPER_BETA`) for ``"beta_gmvae"`` and 1 otherwise.
         learn_scale, fixed_scale: the Gaussian head's per-dimension scale (learned, or fixed).
-        learn_prior: learn ``mu_y, sigma_y`` (default) or keep them at their initial values.
+        prior: ``"example1"`` or ``"learned"`` (:data:`PRIORS`); None: ``"example1"`` for ``"lidgmvae"``,
+            ``"learned"`` for the GMVAE kinds.
+        gamma: the fixed scale of the Example-1 means (:data:`EXAMPLE1_GAMMA`; not learned).
+        learn_prior: for the learned prior: learn ``mu_y, sigma_y`` (None or True, default) or keep them at their
+            initial values (False). Example 1 learns nothing (None or False).
         prior_init: ``"circle"`` (:func:`default_prior_means` with ``prior_radius``) or ``"random"``
-            (N(0, I) draws) for the initial ``mu_y``.
-        prior_scale: initial ``sigma_y`` of every cluster (every coordinate).
+            (N(0, I) draws) for the initial ``mu_y`` of the learned prior (unused by Example 1).
+        prior_scale: ``sigma_y`` of every cluster and coordinate (initial value when learned; the fixed ``sigma``
+            of Example 1).
         seed: initialise under ``torch.manual_seed(seed)`` (the caller's RNG is left untouched).
         encoder_kwargs, decoder_kwargs, mlp_kwargs: extra arguments of the encoder, the injective decoder and
             the MLP decoder.
 
     Raises:
-        ValueError: unknown ``kind``/``encoder``/``head``/``prior_init``, C < 2, K > D for an LIDGMVAE.
+        ValueError: unknown ``kind``/``encoder``/``head``/``prior``/``prior_init``, C < 2, K > D for an LIDGMVAE,
+            C > K for Example 1 (the message names both and points at ``prior="learned"``), ``learn_prior=True``
+            with Example 1.
     """
     check_choice(kind, "model kind", KINDS)
+    prior = ("example1" if kind == "lidgmvae" else "learned") if prior is None else check_choice(prior, "prior", PRIORS)
     check_choice(encoder, "encoder", ("gaussian", "realnvp"))
     check_choice(head, "head", SUPPORTED_HEADS)
     check_choice(prior_init, "prior_init", ("circle", "random"))
@@ -388,6 +486,10 @@ def build_mixture_vae(kind: str, data_dim: int, latent_dim: int, num_clusters: i
     icnn_width = check_int(icnn_width, "icnn_width")
     if kind == "lidgmvae" and K > D:
         raise ValueError(f"an LIDGMVAE needs latent_dim K = {K} <= data_dim D = {D} (injective beta^T)")
+    if prior == "example1":
+        example1_beta(C, K)                                   # C <= K, checked before any network is built
+        if learn_prior:
+            raise ValueError("Example 1's prior is fixed: learn_prior must be None or False (or use prior='learned')")
     if beta is None:
         beta = PAPER_BETA if kind == "beta_gmvae" else 1.0
     beta = check_positive(beta, "beta")
@@ -424,8 +526,12 @@ def build_mixture_vae(kind: str, data_dim: int, latent_dim: int, num_clusters: i
             match = {"decoder_params": n_dec, "reference_params": n_ref,
                      "within_10pct": abs(n_dec - n_ref) <= 0.1 * n_ref}
         log_scales = torch.full((C, K), math.log(check_positive(prior_scale, "prior_scale")))
-        model = MixtureVAE(cluster_net, enc, dec, C, beta=beta, prior_means=means,
-                           prior_log_scales=log_scales, learn_prior=learn_prior)
+        if prior == "example1":
+            model = MixtureVAE(cluster_net, enc, dec, C, beta=beta, prior_log_scales=log_scales, prior="example1",
+                               gamma=gamma)
+        else:
+            model = MixtureVAE(cluster_net, enc, dec, C, beta=beta, prior_means=means,
+                               prior_log_scales=log_scales, learn_prior=learn_prior, prior="learned")
     model.kind = kind
     model.size_match = match
     return model

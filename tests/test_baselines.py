@@ -291,3 +291,77 @@ def test_mixture_mutual_information_is_zero_for_an_encoder_that_ignores_x(data):
         model.encoder.net[0].weight[:, :D] = 0.0          # q(w|x, y) depends on y only
     mi = B.mixture_mutual_information(model, data[1], seed=0)
     assert abs(mi["MI"]) < 1e-9 and abs(mi["MI_w"]) < 1e-9 and mi["MI_y"] < 1e-12
+
+
+def test_mixture_mutual_information_with_a_realnvp_q_matches_a_direct_computation(data):
+    """The RealNVP q(w|x, y) of the image rows: the same estimator, with exact flow densities (enc.log_prob)."""
+    from lidvae_mini.metrics import _seeded
+
+    model = build_mixture_vae("gmvae", D, 3, 3, "bernoulli", 1, encoder="realnvp", encoder_hidden=(16,),
+                              cluster_hidden=(16,), icnn_width=8, seed=4).double()
+    with torch.no_grad():                                   # non-trivial couplings (they start as the identity)
+        g = torch.Generator().manual_seed(0)
+        for layer in model.encoder.couplings:
+            layer.net[-1].weight.copy_(0.3 * torch.randn(layer.net[-1].weight.shape, generator=g))
+            layer.net[-1].bias.copy_(0.3 * torch.randn(layer.net[-1].bias.shape, generator=g))
+    x = data[1][:7].double()
+    mi = B.mixture_mutual_information(model, x, seed=3)
+    C, N, K = 3, 7, 3
+    with torch.no_grad():
+        q = model.cluster_probs(x)
+        mu, lv, h = model.encoder.base_params(model._context(x))
+        mu, lv, h = mu.reshape(C, N, K), lv.reshape(C, N, K), h.reshape(C, N, -1)
+        with _seeded(3, x.device):
+            y = torch.multinomial(q, 1).squeeze(1)
+            eps = torch.randn(N, K, dtype=torch.float64)
+        idx = torch.arange(N)
+        w = model.encoder.flow(mu[y, idx] + torch.exp(0.5 * lv[y, idx]) * eps, h[y, idx])[0]
+
+        def comp(i, c, n):      # log q(y=c|x_n) + log q(w_i|x_n, c), by the encoder's own log_prob
+            return math.log(q[n, c]) + float(model.encoder.log_prob(w[i:i + 1], model._context(x[n:n + 1], c)))
+
+    def lse(values):
+        return float(torch.logsumexp(torch.tensor(values, dtype=torch.float64), 0))
+
+    with torch.no_grad():
+        mi_joint = sum(comp(i, int(y[i]), i) - (lse([comp(i, int(y[i]), n) for n in range(N)]) - math.log(N))
+                       for i in range(N)) / N
+        mi_w = sum(lse([comp(i, c, i) for c in range(C)])
+                   - (lse([comp(i, c, n) for c in range(C) for n in range(N)]) - math.log(N)) for i in range(N)) / N
+    assert mi["MI"] == pytest.approx(mi_joint, abs=1e-8) and mi["MI_w"] == pytest.approx(mi_w, abs=1e-8)
+    assert mi["MI"] != pytest.approx(0.0, abs=1e-3)
+
+
+# ---------------------------------------------------------------------------------- image rows (ch. 08)
+def test_image_rows_use_realnvp_except_sa_vae_and_name_their_prior():
+    """The supplement's two-layer RealNVP q(w|x, y) for every row that allows it; SA-VAE's SVI needs a Gaussian."""
+    from lidvae_mini.baselines import IMAGE_METHODS, build_method, method_spec
+    from lidvae_mini.encoders import ConditionalRealNVP, GaussianEncoder
+
+    for m in IMAGE_METHODS:
+        spec = method_spec(m)
+        model = build_method(m, D, 4, 3, seed=0, hidden=(8,), icnn_width=8)
+        enc = model.encoder
+        assert isinstance(enc, GaussianEncoder if m == "sa_vae" else ConditionalRealNVP), m
+        assert spec["encoder"] == ("gaussian" if m == "sa_vae" else "realnvp")
+        if m != "vae":
+            assert model.prior == spec["prior"], m
+    assert method_spec("lidgmvae")["prior"] == "example1" and method_spec("lidgmvae_learned")["prior"] == "learned"
+    assert method_spec("gmvae_example1") == {"kind": "gmvae", "trainer": "elbo", "prior": "example1",
+                                             "encoder": "realnvp", "decoder": "mlp"}
+    assert all(method_spec(m, "gaussian")["encoder"] == "gaussian" for m in IMAGE_METHODS)
+    with pytest.raises(ValueError, match="num_clusters = 10 > latent_dim = 8"):
+        build_method("lidgmvae", D, 8, 10)
+    with pytest.raises(ValueError, match="encoder"):
+        method_spec("gmvae", "flow")
+
+
+def test_semi_amortized_keeps_an_example1_prior(data):
+    model = build_mixture_vae("gmvae", D, 3, 3, "bernoulli", 1, encoder="gaussian", encoder_hidden=(16,),
+                              cluster_hidden=(16,), icnn_width=8, prior="example1", seed=0)
+    sa = semi_amortized(model, svi_steps=2)
+    view = sa.refined_view(batch_size=10)
+    for m in (sa, view):
+        assert m.prior == "example1" and not m.learn_prior
+        torch.testing.assert_close(m.prior_means, model.prior_means)
+    assert math.isfinite(float(sa.loss(data[1][:8])[0].detach()))

@@ -60,9 +60,10 @@ def _grid_log_marginal(model, x, lim=8.0, n=241):
     return torch.logsumexp(ll + lp, 0) + 2 * math.log(g[1] - g[0])
 
 
-@pytest.mark.parametrize("kind", ["gmvae", "lidgmvae"])
-def test_elbo_below_iwae_below_log_marginal(kind):
-    model = _tiny(kind, C=3, fixed_scale=0.7)
+@pytest.mark.parametrize("kind,kw", [("gmvae", {"C": 3}), ("lidgmvae", {"C": 3, "prior": "learned"}),
+                                     ("lidgmvae", {"C": 2})], ids=["gmvae", "lidgmvae_learned", "lidgmvae_example1"])
+def test_elbo_below_iwae_below_log_marginal(kind, kw):
+    model = _tiny(kind, fixed_scale=0.7, **kw)
     torch.manual_seed(2)
     x = torch.randn(5, 2, dtype=torch.float64)
     log_px = _grid_log_marginal(model, x)
@@ -109,7 +110,7 @@ def test_q_y_ignoring_x_has_zero_mi_and_au():
 
 
 def test_lidgmvae_is_injective_and_identical_priors_give_uniform_posterior():
-    lid = _tiny("lidgmvae", C=4, alpha=0.3)
+    lid = _tiny("lidgmvae", C=4, alpha=0.3, prior="learned")
     assert isinstance(lid.decoder, InjectiveDecoder) and lid.identifiable
     g = torch.Generator().manual_seed(0)
     w1, w2 = torch.randn(2000, 2, generator=g).double(), torch.randn(2000, 2, generator=g).double()
@@ -130,8 +131,8 @@ def test_lidgmvae_is_injective_and_identical_priors_give_uniform_posterior():
 
 
 def test_training_decreases_the_loss_and_fit_evaluate_accept_a_mixture():
-    model = build_mixture_vae("lidgmvae", 2, 2, 3, "gaussian", depth=1, encoder="realnvp", encoder_hidden=(16,),
-                              cluster_hidden=(16,), icnn_width=8, seed=0)
+    model = build_mixture_vae("lidgmvae", 2, 2, 2, "gaussian", depth=1, encoder="realnvp", encoder_hidden=(16,),
+                              cluster_hidden=(16,), icnn_width=8, seed=0)                  # Example 1: C = K = 2
     rng = np.random.default_rng(0)
     x = np.concatenate([rng.normal(-2, 0.3, (100, 2)), rng.normal(2, 0.3, (100, 2))]).astype(np.float32)
     torch.manual_seed(0)
@@ -147,7 +148,7 @@ def test_training_decreases_the_loss_and_fit_evaluate_accept_a_mixture():
 
 
 def test_evaluate_mixture_keys_identities_and_seed():
-    model = _tiny("lidgmvae", C=3, encoder="realnvp")
+    model = _tiny("lidgmvae", C=3, encoder="realnvp", prior="learned")
     x = torch.randn(60, 2, generator=torch.Generator().manual_seed(3)).double()
     labels = np.arange(60) % 3
     ev = evaluate_mixture(model, x, labels, iwae_samples=4, mean_samples=4, seed=5)
@@ -162,7 +163,8 @@ def test_evaluate_mixture_keys_identities_and_seed():
 
 def test_builder_kinds_sizes_and_beta():
     kw = dict(encoder_hidden=(16,), cluster_hidden=(16,), icnn_width=32, seed=0)
-    models = {k: build_mixture_vae(k, 2, 2, 5, "gaussian", depth=2, **kw) for k in ("gmvae", "lidgmvae", "beta_gmvae")}
+    models = {k: build_mixture_vae(k, 2, 2, 5, "gaussian", depth=2, prior="learned", **kw)
+              for k in ("gmvae", "lidgmvae", "beta_gmvae")}
     n_lid = count_parameters(models["lidgmvae"].decoder)
     for k in ("gmvae", "beta_gmvae"):
         assert isinstance(models[k].decoder, MLPDecoder) and len(models[k].decoder.hidden) == 2
@@ -172,13 +174,13 @@ def test_builder_kinds_sizes_and_beta():
     for a, b in zip(models["gmvae"].encoder.parameters(), models["lidgmvae"].encoder.parameters()):
         torch.testing.assert_close(a, b)
     # depth is the number of hidden layers of the generator
-    deep = build_mixture_vae("lidgmvae", 2, 2, 5, depth=4, **kw)
+    deep = build_mixture_vae("lidgmvae", 2, 2, 5, depth=4, prior="learned", **kw)
     assert len(deep.decoder.g1.potential_net.hidden) == 4
     assert default_prior_means(5, 2).shape == (5, 2)
     with pytest.warns(UserWarning, match="within 10%"):
         m = build_mixture_vae("gmvae", 2, 2, 5, depth=6, **{**kw, "icnn_width": 2})   # 124 vs 102 parameters
     assert not m.size_match["within_10pct"]
-    fixed = build_mixture_vae("lidgmvae", 2, 2, 5, learn_prior=False, **kw)
+    fixed = build_mixture_vae("lidgmvae", 2, 2, 5, prior="learned", learn_prior=False, **kw)
     assert "prior_means" not in dict(fixed.named_parameters())
 
 
@@ -222,7 +224,7 @@ def test_confident_q_y_gives_finite_gradients(trainer):
 
     torch.manual_seed(0)
     model = build_mixture_vae("lidgmvae", 2, 2, 3, "gaussian", 1, encoder="gaussian", encoder_hidden=[8],
-                              cluster_hidden=[8], icnn_width=8, seed=0)
+                              cluster_hidden=[8], icnn_width=8, prior="learned", seed=0)
     with torch.no_grad():
         model.cluster_net[-1].bias.copy_(torch.tensor([0.0, 150.0, 0.0]))
     x = torch.randn(16, 2)
