@@ -16,6 +16,7 @@ Variable Non-identifiability", NeurIPS 2021). One concept per module:
 ``vae``                VAE, beta-VAE and LIDVAE sharing one ELBO
 ``train``              one ELBO training loop: checkpoint/resume, NaN guard, evaluation
 ``mixture``            GMVAE and LIDGMVAE (paper Example 1), ELBO with the cluster summed exactly
+``text``               sequential VAE and LIDSVAE (paper Example 2) for text, its training loop and metrics
 ``baselines``          SA-VAE (Kim et al. 2018) and aggressive/lagging training (He et al. 2019)
 ``metrics``            AU, KL, MI, importance-weighted log-likelihood, cluster accuracy
 ``diagnose``           per-latent verdict: model collapse (flat likelihood) or inference collapse

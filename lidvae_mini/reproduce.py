@@ -67,6 +67,8 @@ CHAPTER_DATASETS = {
                             + ([(p["sweep_dataset"], "sweep_dataset")] if p["depths"] and p["sweep_methods"]
                                else [])),
     "11_diagnose": lambda p: [("mnist", "mnist_models")] if p["mnist_models"] else [],
+    "09_text": lambda p: ([("synthetic_text", "its synthetic section")]
+                          + ([("yahoo", "yahoo_n")] if p["yahoo_n"] else [])),
 }
 
 

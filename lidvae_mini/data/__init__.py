@@ -9,6 +9,7 @@ from .official import OFFICIAL_DATASETS, load_official
 from .pinwheel import make_pinwheel
 from .images import (DATASET_FILES, DATASETS, binarize, fixed_binarization, load_dataset, load_fashion_mnist,
                      load_mnist, load_omniglot, load_omniglot_chardata, require_dataset, subsample_split)
+from .text import DATASETS, TEXT_DATASETS, require_dataset  # noqa: F811 (the image registry plus yahoo, synthetic_text)
 
 __all__ = ["MissingDataError", "data_dir", "require_files", "OFFICIAL_DATASETS", "load_official", "make_pinwheel",
            "DATASETS", "DATASET_FILES", "require_dataset", "load_dataset", "load_mnist", "load_fashion_mnist",

@@ -1,0 +1,448 @@
+"""Sequential VAEs for text: LSTM encoder, the sequential VAE decoder (He et al. 2019) and the LIDSVAE decoder
+(paper Example 2; supplement Eqs. 14-20), one ELBO, a seeded training loop and the text metrics.
+
+Sentences are ``(B, T)`` LongTensors ``<s> w_1 ... w_n </s>`` of equal length (see
+:func:`lidvae_mini.data.text.length_batches`); the decoders predict tokens ``1..T-1`` from tokens ``0..T-2``
+(teacher forcing), so a sentence has ``T - 1`` predicted tokens, ``</s>`` included.
+
+**Injectivity of the LIDSVAE decoder.** The paper's proof of Proposition 3 ends with "the exponential family
+likelihood is injective". A categorical distribution is *not* injective in ``V`` free logits: ``eta`` and
+``eta + c·1`` give the same distribution. :class:`LIDSDecoder` therefore uses the minimal parameterisation
+(``construction="minimal"``): the logit of token 0 (``<pad>``, never a target) is fixed at 0 and ``g_2`` acts on
+``R^{V-1}``; then ``log p_j - log p_0 = eta_j`` recovers ``eta`` from the distribution, and ``z -> eta`` is
+injective (strongly monotone Brenier maps, a zero-padding ``beta_2``), so ``z -> p(x_t | z, x_<t)`` is injective
+for every history. ``construction="naive"`` (``V`` free logits, as the official code) is kept to show the gap:
+:class:`QuadraticBrenierMap` gives a valid Brenier map under which two different ``z`` give the same distribution.
+
+The training loop :func:`fit_text` is separate from :func:`lidvae_mini.train.fit`, which takes fixed-size float
+arrays; it keeps ``fit``'s guarantees that matter at ``ci`` scale (explicit seed, clipping over all parameters,
+NaN guard) but has no checkpoint/resume.
+"""
+from __future__ import annotations
+
+import math
+import time
+
+import numpy as np
+import torch
+from torch import nn
+
+from ._checks import check_choice, check_int, check_positive
+from .brenier import BrenierMap
+from .data.text import EOS, PAD, BOS
+from .metrics import active_units, iwae_log_likelihood, kl_gaussian_standard_per_dim, mutual_information
+
+CONSTRUCTIONS = ("minimal", "naive")
+LOG_2PI = math.log(2 * math.pi)
+
+
+def count_parameters(module: nn.Module) -> int:
+    """Trainable parameters of ``module`` (buffers such as ``beta_2`` excluded)."""
+    return sum(p.numel() for p in module.parameters() if p.requires_grad)
+
+
+# ------------------------------------------------------------------------------------------------- encoder
+class LSTMEncoder(nn.Module):
+    """Gaussian q(z | x) from the last hidden state of an LSTM over the whole sentence.
+
+    Args: vocab_size V, embed_dim, hidden H, latent_dim K, num_layers (the supplement: two).
+    ``forward(x)``: ``(B, T)`` long -> ``(mu, logvar)``, each ``(B, K)``.
+    """
+
+    def __init__(self, vocab_size: int, embed_dim: int, hidden: int, latent_dim: int, num_layers: int = 2):
+        super().__init__()
+        self.latent_dim = check_int(latent_dim, "latent_dim")
+        self.embed = nn.Embedding(check_int(vocab_size, "vocab_size"), check_int(embed_dim, "embed_dim"))
+        self.lstm = nn.LSTM(embed_dim, check_int(hidden, "hidden"), num_layers=check_int(num_layers, "num_layers"),
+                            batch_first=True)
+        self.head = nn.Linear(hidden, 2 * latent_dim)
+
+    def forward(self, x: torch.Tensor):
+        _, (h, _) = self.lstm(self.embed(x))
+        mu, logvar = self.head(h[-1]).chunk(2, -1)
+        return mu, logvar
+
+
+# ------------------------------------------------------------------------------------------------ decoders
+class _Decoder(nn.Module):
+    """Shared interface: ``token_log_probs(x, z)`` ``(B, T) x (S, B, K) -> (S, B, T-1)`` and ancestral
+    ``sample(z, max_len)``; subclasses give ``_logits(z_flat, x_in)`` ``-> (N, T', V)`` and one-step decoding."""
+
+    def token_log_probs(self, x: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
+        """log p(x_t | z, x_<t) for t = 1..T-1, nats, ``(S, B, T-1)``; ``z`` is ``(B, K)`` or ``(S, B, K)``."""
+        if z.dim() == 2:
+            z = z.unsqueeze(0)
+        S, B, K = z.shape
+        if x.dim() != 2 or x.shape[0] != B or K != self.latent_dim:
+            raise ValueError(f"x must be (B, T) and z (S, B, {self.latent_dim}); got {tuple(x.shape)} and "
+                             f"{tuple(z.shape)}")
+        xs = x.unsqueeze(0).expand(S, B, x.shape[1]).reshape(S * B, -1)
+        logits = self._logits(z.reshape(S * B, K), xs[:, :-1])
+        lp = torch.log_softmax(logits, -1).gather(-1, xs[:, 1:].unsqueeze(-1)).squeeze(-1)
+        return lp.view(S, B, -1)
+
+    def log_prob(self, x: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
+        """log p(x | z) = sum of :meth:`token_log_probs` over tokens, ``(S, B)`` nats."""
+        return self.token_log_probs(x, z).sum(-1)
+
+    @torch.no_grad()
+    def sample(self, z: torch.Tensor, max_len: int = 20, greedy: bool = False,
+               generator: torch.Generator | None = None) -> torch.Tensor:
+        """Token ids ``(N, max_len + 2)`` starting with ``<s>``, decoded from ``z`` ``(N, K)``; after ``</s>``
+        the rest is ``<pad>``. ``greedy``: argmax at each step, else ancestral sampling."""
+        n = z.shape[0]
+        tok = torch.full((n,), BOS, dtype=torch.long, device=z.device)
+        out, done = [tok], torch.zeros(n, dtype=torch.bool, device=z.device)
+        state = self._init_state(z)
+        for _ in range(max_len + 1):
+            logits, state = self._step(z, tok, state)
+            logits[:, PAD] = -float("inf")
+            tok = logits.argmax(-1) if greedy else torch.multinomial(torch.softmax(logits, -1), 1,
+                                                                       generator=generator)[:, 0]
+            tok = torch.where(done, torch.full_like(tok, PAD), tok)
+            out.append(tok)
+            done = done | (tok == EOS)
+            if bool(done.all()):
+                break
+        return torch.stack(out, 1)
+
+
+class SequentialDecoder(_Decoder):
+    """The sequential VAE's decoder (He et al. 2019): an LSTM language model that sees ``z`` at every step (``z``
+    concatenated to each input embedding) and starts from ``c_0 = W z``, ``h_0 = tanh(c_0)``; logits
+    ``W_out h_t + b``. Paper Eq. 19 with an arbitrary ``g``."""
+
+    def __init__(self, vocab_size: int, embed_dim: int, hidden: int, latent_dim: int, num_layers: int = 1,
+                 dropout: float = 0.0):
+        super().__init__()
+        self.vocab_size, self.latent_dim = check_int(vocab_size, "vocab_size"), check_int(latent_dim, "latent_dim")
+        self.hidden, self.num_layers = check_int(hidden, "hidden"), check_int(num_layers, "num_layers")
+        self.embed = nn.Embedding(vocab_size, embed_dim)
+        self.lstm = nn.LSTM(embed_dim + latent_dim, hidden, num_layers=num_layers, batch_first=True)
+        self.init = nn.Linear(latent_dim, hidden * num_layers)
+        self.drop = nn.Dropout(dropout)
+        self.out = nn.Linear(hidden, vocab_size)
+
+    def _init_state(self, z):
+        c = self.init(z).view(z.shape[0], self.num_layers, self.hidden).transpose(0, 1).contiguous()
+        return torch.tanh(c), c
+
+    def _logits(self, z, x_in):
+        emb = self.drop(self.embed(x_in))
+        inp = torch.cat([emb, z.unsqueeze(1).expand(-1, x_in.shape[1], -1)], -1)
+        o, _ = self.lstm(inp, self._init_state(z))
+        return self.out(self.drop(o))
+
+    def _step(self, z, tok, state):
+        inp = torch.cat([self.embed(tok), z], -1).unsqueeze(1)
+        o, state = self.lstm(inp, state)
+        return self.out(o[:, 0]), state
+
+
+class QuadraticBrenierMap(nn.Module):
+    """The Brenier map ``g(v) = M v`` of the strongly convex quadratic potential ``psi(v) = v^T M v / 2`` with
+    ``M = alpha I + 4 alpha a a^T`` and ``a = 1 - e_0 / 2`` (so ``M`` is positive definite, ``M >= alpha I``).
+
+    ``M e_0 = alpha e_0 + 4 alpha (1/2) a = 2 alpha 1``: moving the input along ``e_0`` moves the output along the
+    all-ones direction. Under ``V`` free softmax logits that does not change the distribution: the counterexample
+    to the paper's "the exponential family likelihood is injective" (:class:`LIDSDecoder`, ``"naive"``).
+    """
+
+    def __init__(self, dim: int, alpha: float = 0.1):
+        super().__init__()
+        a = torch.ones(dim)
+        a[0] = 0.5
+        self.alpha = check_positive(alpha, "alpha")
+        self.register_buffer("M", alpha * torch.eye(dim) + 4 * alpha * torch.outer(a, a))
+
+    @property
+    def dim(self) -> int:
+        return self.M.shape[0]
+
+    def forward(self, v):
+        return v @ self.M
+
+
+class LinearBrenierMap(nn.Module):
+    """``g(u) = alpha u``, the Brenier map of ``alpha |u|^2 / 2`` (a fixed test map)."""
+
+    def __init__(self, dim: int, alpha: float = 1.0):
+        super().__init__()
+        self.dim, self.alpha = dim, float(alpha)
+
+    def forward(self, u):
+        return self.alpha * u
+
+
+class LIDSDecoder(_Decoder):
+    """The LIDSVAE decoder (paper Example 2; supplement Eq. 16 with ``w = z``):
+    ``x_t | z, x_<t ~ Cat(h(g_2(beta_2^T g_1([z, f(x_<t)]))))``.
+
+    * ``f``: an LSTM over the embeddings of the history that **never sees z** (initial state a learned constant);
+      ``f(x_<t) in R^H``.
+    * ``g_1``: a Brenier map on ``R^{K+H}``; ``beta_2``: the fixed ``(K+H) x D`` zero-one matrix ``eye(K+H, D)``
+      (a registered buffer, never trained); ``g_2``: a Brenier map on ``R^D`` (:class:`~lidvae_mini.brenier.
+      BrenierMap`, explicit ICNN gradient, one batched call for all ``B x T`` tokens).
+    * ``construction="minimal"`` (default): ``D = V - 1`` and the logits are ``[0, g_2(...)]`` (token 0,
+      ``<pad>``, fixed at logit 0): ``z -> p(x_t | z, x_<t)`` is injective for every history. ``"naive"``:
+      ``D = V`` free logits (the official code), for which the paper's injectivity argument fails.
+
+    Args: vocab_size V, embed_dim, hidden H, latent_dim K, hidden1/hidden2 (ICNN widths of g_1/g_2), alpha
+    (strong-monotonicity constant of both maps), construction.
+
+    Raises:
+        ValueError: ``K + H > D`` (``beta_2`` would not be injective), bad sizes or construction.
+    """
+
+    def __init__(self, vocab_size: int, embed_dim: int, hidden: int, latent_dim: int, hidden1=(64,),
+                 hidden2=(64,), alpha: float = 0.5, construction: str = "minimal", num_layers: int = 1,
+                 dropout: float = 0.0):
+        super().__init__()
+        self.vocab_size, self.latent_dim = check_int(vocab_size, "vocab_size"), check_int(latent_dim, "latent_dim")
+        self.hidden, self.num_layers = check_int(hidden, "hidden"), check_int(num_layers, "num_layers")
+        self.construction = check_choice(construction, "construction", CONSTRUCTIONS)
+        D = vocab_size - 1 if construction == "minimal" else vocab_size
+        M = latent_dim + hidden
+        if M > D:
+            raise ValueError(f"K + H = {M} must not exceed the logit dimension D = {D}: beta_2 pads [z, f] with "
+                             f"zeros and needs D >= K + H to be injective")
+        self.logit_dim = D
+        self.embed = nn.Embedding(vocab_size, embed_dim)
+        self.lstm = nn.LSTM(embed_dim, hidden, num_layers=num_layers, batch_first=True)
+        self.h0 = nn.Parameter(torch.zeros(num_layers, 1, hidden))
+        self.c0 = nn.Parameter(torch.zeros(num_layers, 1, hidden))
+        self.drop = nn.Dropout(dropout)
+        self.g1 = BrenierMap(M, hidden1, alpha=alpha)
+        self.g2 = BrenierMap(D, hidden2, alpha=alpha)
+        self.register_buffer("beta2", torch.eye(M, D))
+
+    def _init_state(self, z):
+        n = z.shape[0]
+        return (self.h0.expand(-1, n, -1).contiguous(), self.c0.expand(-1, n, -1).contiguous())
+
+    def history(self, x_in: torch.Tensor) -> torch.Tensor:
+        """``f(x_<t)`` for every prefix: ``(N, T')`` long -> ``(N, T', H)`` (does not depend on z)."""
+        o, _ = self.lstm(self.drop(self.embed(x_in)), self._init_state(x_in))
+        return self.drop(o)
+
+    def head(self, z: torch.Tensor, f: torch.Tensor) -> torch.Tensor:
+        """Logits ``(..., V)`` from ``z`` ``(..., K)`` and ``f`` ``(..., H)`` (same leading shape)."""
+        lead = f.shape[:-1]
+        u = torch.cat([z, f], -1).reshape(-1, self.latent_dim + self.hidden)
+        eta = self.g2(self.g1(u) @ self.beta2)
+        if self.construction == "minimal":
+            eta = torch.cat([eta.new_zeros(eta.shape[0], 1), eta], -1)
+        return eta.view(*lead, self.vocab_size)
+
+    def natural_parameters(self, z: torch.Tensor, f: torch.Tensor) -> torch.Tensor:
+        """``eta = g_2(beta_2^T g_1([z, f]))`` ``(N, D)``: the free logits (minimal: ``log p_j - log p_0``)."""
+        return self.g2(self.g1(torch.cat([z, f], -1)) @ self.beta2)
+
+    def _logits(self, z, x_in):
+        f = self.history(x_in)
+        return self.head(z.unsqueeze(1).expand(-1, x_in.shape[1], -1), f)
+
+    def _step(self, z, tok, state):
+        o, state = self.lstm(self.embed(tok).unsqueeze(1), state)
+        return self.head(z, o[:, 0]), state
+
+
+# ---------------------------------------------------------------------------------------------------- model
+class TextVAE(nn.Module):
+    """A sequential VAE: :class:`LSTMEncoder` q(z | x), N(0, I) prior, a decoder (:class:`SequentialDecoder` or
+    :class:`LIDSDecoder`), ELBO weight ``beta`` on the KL (1: VAE/LIDSVAE; 0.2: the paper's beta-VAE).
+
+    ``loss(x, n_samples)`` -> ``(scalar, parts)``: the batch mean of ``rec + beta * KL`` (nats per sentence), as
+    :func:`lidvae_mini.train.fit`'s protocol; ``elbo_parts``; ``encode_mean``; ``iwae_log_likelihood``.
+    """
+
+    def __init__(self, encoder: LSTMEncoder, decoder: _Decoder, beta: float = 1.0):
+        super().__init__()
+        if encoder.latent_dim != decoder.latent_dim:
+            raise ValueError("encoder and decoder latent_dim differ")
+        self.encoder, self.decoder, self.beta = encoder, decoder, float(beta)
+        self.latent_dim = encoder.latent_dim
+
+    def encode_mean(self, x):
+        return self.encoder(x)[0]
+
+    def sample_posterior(self, x, n_samples: int = 1):
+        """``(z, log_q, mu, logvar)``: ``z`` ``(S, B, K)`` from q(z|x) and its log density ``(S, B)``."""
+        mu, logvar = self.encoder(x)
+        std = (0.5 * logvar).exp()
+        eps = torch.randn((n_samples,) + mu.shape, dtype=mu.dtype, device=mu.device)
+        z = mu + eps * std
+        log_q = (-0.5 * (eps ** 2 + LOG_2PI) - 0.5 * logvar).sum(-1)
+        return z, log_q, mu, logvar
+
+    def elbo_parts(self, x, n_samples: int = 1) -> dict:
+        """Per sentence (nats): ``rec`` = -E_q log p(x|z) (``n_samples`` draws), ``kl`` (analytic), ``elbo``."""
+        z, _, mu, logvar = self.sample_posterior(x, n_samples)
+        rec = -self.decoder.log_prob(x, z).mean(0)
+        kl = kl_gaussian_standard_per_dim(mu, logvar).sum(-1)
+        return {"rec": rec, "kl": kl, "elbo": -(rec + kl)}
+
+    def loss(self, x, n_samples: int = 1):
+        p = self.elbo_parts(x, n_samples)
+        return (p["rec"] + self.beta * p["kl"]).mean(), {k: v.detach().mean() for k, v in p.items()}
+
+    def log_joint(self, x, z):
+        """log p(z) + log p(x | z), ``(S, B)`` nats."""
+        return (-0.5 * (z ** 2 + LOG_2PI)).sum(-1) + self.decoder.log_prob(x, z)
+
+    def iwae_log_likelihood(self, x, num_samples: int = 100, chunk: int = 50, seed=None) -> torch.Tensor:
+        """Importance-weighted log p(x) per sentence, ``(B,)`` float64 nats (:func:`lidvae_mini.metrics.
+        iwae_log_likelihood`, proposal q(z|x))."""
+        def sample_fn(xx, s):
+            z, log_q, _, _ = self.sample_posterior(xx, s)
+            return z, log_q
+        return iwae_log_likelihood(self.log_joint, sample_fn, x, num_samples, chunk, seed=seed)
+
+
+def build_text_vae(kind: str, vocab_size: int, latent_dim: int = 5, embed_dim: int = 32, enc_hidden: int = 64,
+                   dec_hidden: int = 64, icnn_hidden=((64,), (64,)), alpha: float = 0.5, beta: float | None = None,
+                   construction: str = "minimal", enc_layers: int = 2, dec_layers: int = 1,
+                   dropout: float = 0.0) -> TextVAE:
+    """``kind``: ``"vae"`` (sequential VAE), ``"beta_vae"`` (beta = 0.2 unless given) or ``"lidsvae"``."""
+    check_choice(kind, "kind", ("vae", "beta_vae", "lidsvae"))
+    enc = LSTMEncoder(vocab_size, embed_dim, enc_hidden, latent_dim, enc_layers)
+    if kind == "lidsvae":
+        dec = LIDSDecoder(vocab_size, embed_dim, dec_hidden, latent_dim, icnn_hidden[0], icnn_hidden[1], alpha,
+                          construction, dec_layers, dropout)
+    else:
+        dec = SequentialDecoder(vocab_size, embed_dim, dec_hidden, latent_dim, dec_layers, dropout)
+    if beta is None:
+        beta = 0.2 if kind == "beta_vae" else 1.0
+    return TextVAE(enc, dec, beta)
+
+
+# ------------------------------------------------------------------------------------------------- training
+class NonFiniteLossError(RuntimeError):
+    """A non-finite loss or gradient during :func:`fit_text`."""
+
+
+def fit_text(model: TextVAE, train_batches, valid_batches=None, epochs: int = 5, lr: float = 1e-3,
+             seed: int = 0, clip: float = 5.0, weight_decay: float = 0.0, verbose: bool = False) -> dict:
+    """Maximise the ELBO (``rec + beta·KL``, batch mean, one draw) with Adam over equal-length batches.
+
+    Seeded: the batch order of every epoch and the reparameterisation noise come from ``seed`` (the caller's
+    torch RNG is restored). Gradients are clipped over all parameters (norm ``clip``). A non-finite loss or
+    gradient raises :class:`NonFiniteLossError` before the update. Per epoch the history records the mean
+    training loss, KL and the validation negative ELBO and KL (one draw, seeded).
+
+    Returns: ``{"train_loss": [...], "train_kl": [...], "valid_nelbo": [...], "valid_kl": [...], "seconds": s}``.
+    """
+    epochs = check_int(epochs, "epochs")
+    opt = torch.optim.Adam(model.parameters(), lr=lr, weight_decay=weight_decay)
+    hist = {"train_loss": [], "train_kl": [], "valid_nelbo": [], "valid_kl": []}
+    rng = np.random.default_rng(seed)
+    t0 = time.perf_counter()
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        for ep in range(epochs):
+            model.train()
+            tot, kl, n = 0.0, 0.0, 0
+            for i in rng.permutation(len(train_batches)):
+                _, x = train_batches[i]
+                loss, parts = model.loss(x)
+                if not torch.isfinite(loss):
+                    raise NonFiniteLossError(f"non-finite loss at epoch {ep}")
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                gn = torch.nn.utils.clip_grad_norm_(model.parameters(), clip)
+                if not torch.isfinite(gn):
+                    raise NonFiniteLossError(f"non-finite gradient at epoch {ep}")
+                opt.step()
+                tot += float(loss.detach()) * x.shape[0]
+                kl += float(parts["kl"]) * x.shape[0]
+                n += x.shape[0]
+            hist["train_loss"].append(tot / n)
+            hist["train_kl"].append(kl / n)
+            if valid_batches:
+                ev = elbo_eval(model, valid_batches, seed=seed)
+                hist["valid_nelbo"].append(-ev["elbo"])
+                hist["valid_kl"].append(ev["kl"])
+            if verbose:
+                print(f"epoch {ep + 1}: loss {hist['train_loss'][-1]:.2f} kl {hist['train_kl'][-1]:.3f}")
+    hist["seconds"] = time.perf_counter() - t0
+    model.eval()
+    return hist
+
+
+# -------------------------------------------------------------------------------------------------- metrics
+@torch.no_grad()
+def elbo_eval(model: TextVAE, batches, seed: int = 0) -> dict:
+    """Mean per-sentence ELBO, reconstruction and KL (one seeded draw), nats."""
+    model.eval()
+    s = {"elbo": 0.0, "rec": 0.0, "kl": 0.0}
+    n = 0
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        for _, x in batches:
+            p = model.elbo_parts(x)
+            for k in s:
+                s[k] += float(p[k].sum())
+            n += x.shape[0]
+    return {k: v / n for k, v in s.items()}
+
+
+@torch.no_grad()
+def posterior_stats(model: TextVAE, batches, n: int):
+    """Encoder means and log-variances ``(n, K)`` in the sentences' original order."""
+    mu = torch.zeros(n, model.latent_dim)
+    lv = torch.zeros(n, model.latent_dim)
+    for idx, x in batches:
+        m, v = model.encoder(x)
+        mu[idx], lv[idx] = m, v
+    return mu, lv
+
+
+@torch.no_grad()
+def evaluate_text(model: TextVAE, batches, iwae_samples: int = 100, seed: int = 0, au_threshold: float = 0.01):
+    """The text metrics on a split (nats; tokens counted with ``</s>``, without ``<s>``):
+
+    ``elbo``, ``rec``, ``kl`` per sentence (one draw); ``iwae`` = importance-weighted log p(x) per sentence
+    (``iwae_samples`` draws; the paper's LL, K = 500); ``iwae_per_token`` = sum of ``iwae`` / tokens;
+    ``ppl = exp(-iwae_per_token)``; ``au`` (count), ``au_fraction``, ``kl_per_dim`` (K,), ``mi`` (He et al.'s
+    estimator, q(z) pooled over the whole split); ``n_sentences``, ``n_tokens``.
+    """
+    model.eval()
+    ev = elbo_eval(model, batches, seed)
+    n = sum(int(x.shape[0]) for _, x in batches)
+    n_tok = sum(int(x.shape[0]) * (int(x.shape[1]) - 1) for _, x in batches)
+    ll = torch.zeros(n, dtype=torch.float64)
+    for j, (idx, x) in enumerate(batches):
+        ll[idx] = model.iwae_log_likelihood(x, iwae_samples, seed=seed + j)
+    mu, lv = posterior_stats(model, batches, n)
+    au = active_units(mu, au_threshold)
+    out = dict(ev)
+    out.update(iwae=float(ll.mean()), iwae_per_token=float(ll.sum()) / n_tok,
+               ppl=math.exp(-float(ll.sum()) / n_tok), au=au["count"], au_fraction=au["fraction"],
+               kl_per_dim=kl_gaussian_standard_per_dim(mu, lv).mean(0).tolist(),
+               mi=mutual_information(mu, lv, seed=seed), n_sentences=n, n_tokens=n_tok)
+    return out
+
+
+def latent_r2(means_fit, z_fit, means_eval, z_eval) -> dict:
+    """How well a linear map (least squares with intercept, fitted on ``(means_fit, z_fit)``) of the posterior
+    means E_q[z | x] recovers the true latents on held-out sentences: ``{"r2": mean R^2 over the true
+    dimensions, "r2_per_dim": [...]}`` (1: the true z is a linear function of the posterior means; 0: no
+    better than the mean). R^2 = 1 - SSE / SST on ``(means_eval, z_eval)``; it can be negative."""
+    def design(m):
+        m = torch.as_tensor(m, dtype=torch.float64)
+        return torch.cat([m, torch.ones(m.shape[0], 1, dtype=torch.float64)], 1)
+    zf = torch.as_tensor(z_fit, dtype=torch.float64)
+    ze = torch.as_tensor(z_eval, dtype=torch.float64)
+    W = torch.linalg.lstsq(design(means_fit), zf).solution
+    pred = design(means_eval) @ W
+    r2 = 1 - ((ze - pred) ** 2).sum(0) / ((ze - ze.mean(0)) ** 2).sum(0)
+    return {"r2": float(r2.mean()), "r2_per_dim": r2.tolist()}
+
+
+@torch.no_grad()
+def interpolate(model: TextVAE, x_a: torch.Tensor, x_b: torch.Tensor, steps: int = 5, max_len: int = 20):
+    """Greedy decodings of ``(1 - t) mu(x_a) + t mu(x_b)`` for ``t`` in ``linspace(0, 1, steps)``: ``(steps, L)``
+    token ids (encoder means of the two sentences, each ``(1, T)``)."""
+    ma, mb = model.encode_mean(x_a), model.encode_mean(x_b)
+    t = torch.linspace(0, 1, steps).unsqueeze(1)
+    return model.decoder.sample((1 - t) * ma + t * mb, max_len=max_len, greedy=True)

@@ -1,0 +1,169 @@
+"""Sequential VAE / LIDSVAE (lidvae_mini.text): injectivity (minimal vs naive logits) and the text metrics."""
+import math
+
+import pytest
+import torch
+
+from lidvae_mini.data.text import length_batches, make_synthetic_text
+from lidvae_mini.metrics import iwae_log_likelihood
+from lidvae_mini.text import (LIDSDecoder, LinearBrenierMap, QuadraticBrenierMap, TextVAE, build_text_vae,
+                              evaluate_text, fit_text, latent_r2)
+
+V, K = 40, 3
+
+
+def _x(B=6, T=7, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randint(4, V, (B, T), generator=g)
+    x[:, 0], x[:, -1] = 1, 2
+    return x
+
+
+@pytest.mark.parametrize("kind", ["vae", "lidsvae"])
+def test_token_log_probs_sum_to_log_likelihood(kind):
+    torch.manual_seed(0)
+    m = build_text_vae(kind, V, latent_dim=K, embed_dim=8, enc_hidden=8, dec_hidden=8, icnn_hidden=((8,), (8,)))
+    x, z = _x(), torch.randn(2, 6, K)
+    tl = m.decoder.token_log_probs(x, z)
+    assert tl.shape == (2, 6, 6) and (tl <= 0).all()
+    assert torch.allclose(tl.sum(-1), m.decoder.log_prob(x, z))
+    # the teacher-forced log-probs equal a step-by-step evaluation of the same tokens
+    with torch.no_grad():
+        zz = z[0]
+        state, total = m.decoder._init_state(zz), torch.zeros(6)
+        for t in range(x.shape[1] - 1):
+            logits, state = m.decoder._step(zz, x[:, t], state)
+            total += torch.log_softmax(logits, -1).gather(1, x[:, t + 1:t + 2])[:, 0]
+    assert torch.allclose(total, tl[0].sum(-1), atol=1e-5)
+
+
+def test_lids_history_never_sees_z():
+    torch.manual_seed(0)
+    dec = LIDSDecoder(V, 8, 8, K, (8,), (8,))
+    assert "beta2" in dict(dec.named_buffers()) and all(p is not dec.beta2 for p in dec.parameters())
+    x = _x()
+    f = dec.history(x[:, :-1])
+    assert f.shape == (6, 6, 8)
+    assert dec.g1.dim == K + 8 and dec.g2.dim == V - 1
+
+
+def test_minimal_construction_is_injective_for_any_history():
+    torch.manual_seed(1)
+    dec = LIDSDecoder(V, 8, 8, K, (16,), (16,), alpha=0.3)
+    with torch.no_grad():
+        for p in dec.parameters():  # arbitrary parameters, not just the initial ones
+            p.add_(0.3 * torch.randn_like(p))
+        f = dec.history(_x(B=50, seed=2)[:, :-1]).reshape(-1, 8)  # many histories
+        z1 = torch.randn(f.shape[0], K)
+        z2 = z1 + 1e-2 * torch.randn_like(z1)
+        lp1 = torch.log_softmax(dec.head(z1, f), -1)
+        lp2 = torch.log_softmax(dec.head(z2, f), -1)
+        # the distribution determines eta: eta_j = log p_j - log p_0
+        eta1 = lp1[:, 1:] - lp1[:, :1]
+        assert torch.allclose(eta1, dec.natural_parameters(z1, f), atol=1e-4)
+        eta2 = lp2[:, 1:] - lp2[:, :1]
+        bound = dec.g1.alpha * dec.g2.alpha * (z1 - z2).norm(dim=-1)
+        assert ((eta1 - eta2).norm(dim=-1) >= 0.99 * bound).all()
+        assert ((lp1 - lp2).abs().amax(-1) > 0).all()
+
+
+def _counterexample(construction):
+    dec = LIDSDecoder(V, 8, 8, K, (8,), (8,), alpha=0.5, construction=construction)
+    dec.g1 = LinearBrenierMap(K + 8, 1.0)
+    dec.g2 = QuadraticBrenierMap(dec.logit_dim, alpha=0.5)
+    return dec
+
+
+def test_naive_construction_is_not_injective():
+    """V free logits: a valid Brenier map g_2 (gradient of a strongly convex quadratic) maps z and z + t e_0 to
+    logits that differ by a constant, so two different z give the same token distribution."""
+    dec = _counterexample("naive")
+    M = dec.g2.M
+    assert torch.linalg.eigvalsh(M.double()).min() >= 0.5 - 1e-4  # strongly monotone: a Brenier map
+    with torch.no_grad():
+        f = dec.history(_x()[:, :-1]).reshape(-1, 8)
+        z1 = torch.randn(f.shape[0], K)
+        z2 = z1.clone()
+        z2[:, 0] += 2.0
+        l1, l2 = dec.head(z1, f), dec.head(z2, f)
+        assert (l1 - l2).abs().amin() > 1.0  # different logits ...
+        assert torch.allclose(torch.log_softmax(l1, -1), torch.log_softmax(l2, -1), atol=1e-5)  # same distribution
+        # the minimal construction with the same maps separates them
+        dm = _counterexample("minimal")
+        dm.load_state_dict({k: v for k, v in dec.state_dict().items() if not k.startswith(("g2.", "beta2"))},
+                           strict=False)
+        fm = dm.history(_x()[:, :-1]).reshape(-1, 8)
+        pm1, pm2 = torch.log_softmax(dm.head(z1, fm), -1), torch.log_softmax(dm.head(z2, fm), -1)
+        assert (pm1 - pm2).abs().amax(-1).min() > 0.1
+
+
+def test_iwae_at_least_elbo_and_nondecreasing_in_k():
+    torch.manual_seed(0)
+    m = build_text_vae("lidsvae", V, latent_dim=K, embed_dim=8, enc_hidden=8, dec_hidden=8, icnn_hidden=((8,), (8,)))
+    x = _x(B=8)
+    with torch.no_grad():
+        z, log_q, _, _ = m.sample_posterior(x, 2000)
+        elbo = (m.log_joint(x, z) - log_q).mean(0)  # the ELBO, by many draws
+        _, lw = iwae_log_likelihood(m.log_joint, lambda xx, s: m.sample_posterior(xx, s)[:2], x, 2000, seed=3,
+                                    return_log_weights=True)
+    # E[IWAE_K] estimated from disjoint groups of K of the 2,000 log-weights (Burda et al. Thm. 1: non-decreasing)
+    iw = {k: (torch.logsumexp(lw.view(2000 // k, k, -1), 1) - math.log(k)).mean(0) for k in (1, 10, 100, 1000)}
+    assert torch.allclose(iw[1], elbo.double(), atol=0.5)
+    for a, b in ((1, 10), (10, 100), (100, 1000)):
+        assert (iw[b] >= iw[a] - 1e-3).all(), (a, b)
+    assert (m.iwae_log_likelihood(x, 500, seed=4) >= elbo - 0.05).all()
+
+
+class _IgnoringDecoder(torch.nn.Module):
+    """A decoder whose token distribution does not depend on z (a learned unigram model)."""
+
+    def __init__(self):
+        super().__init__()
+        self.latent_dim = K
+        self.logits = torch.nn.Parameter(torch.zeros(V))
+
+    def log_prob(self, x, z):
+        S = 1 if z.dim() == 2 else z.shape[0]
+        lp = torch.log_softmax(self.logits, -1)[x[:, 1:]].sum(-1)
+        return lp.unsqueeze(0).expand(S, -1)
+
+
+def test_decoder_ignoring_z_gives_au_zero_and_kl_to_zero():
+    from lidvae_mini.text import LSTMEncoder
+    torch.manual_seed(0)
+    d = make_synthetic_text(200, 50, 50, latent_dim=K, vocab_size=30)
+    m = TextVAE(LSTMEncoder(len(d.vocab), 8, 8, K), _IgnoringDecoder())
+    tr = length_batches(d.train, 20, shuffle=True, seed=0)
+    h = fit_text(m, tr, epochs=15, lr=1e-2, seed=0)
+    assert h["train_kl"][-1] < 0.05 * h["train_kl"][0] + 1e-3
+    mu = torch.cat([m.encode_mean(x) for _, x in length_batches(d.test, 50)])
+    from lidvae_mini.metrics import active_units
+    assert active_units(mu.detach())["count"] == 0
+
+
+def test_fit_and_evaluate_seeded_and_consistent():
+    d = make_synthetic_text(120, 40, 40, latent_dim=K, vocab_size=30)
+    Vd = len(d.vocab)
+    res = []
+    for _ in range(2):
+        torch.manual_seed(0)
+        m = build_text_vae("lidsvae", Vd, latent_dim=K, embed_dim=8, enc_hidden=8, dec_hidden=8,
+                           icnn_hidden=((8,), (8,)))
+        h = fit_text(m, length_batches(d.train, 20, shuffle=True, seed=0), length_batches(d.valid, 40), epochs=2,
+                     lr=3e-3, seed=5)
+        ev = evaluate_text(m, length_batches(d.test, 40), iwae_samples=10, seed=0)
+        res.append((h["train_loss"], ev["iwae"]))
+    assert res[0] == res[1]
+    assert ev["n_tokens"] == 40 * 11 and math.isclose(ev["ppl"], math.exp(-ev["iwae"] * 40 / ev["n_tokens"]))
+    assert ev["iwae"] >= ev["elbo"] - 1.0 and 0 <= ev["au"] <= K and len(ev["kl_per_dim"]) == K
+
+
+def test_latent_r2():
+    g = torch.Generator().manual_seed(0)
+    z = torch.randn(200, 2, generator=g)
+    A = torch.tensor([[2.0, 1.0, 0.0], [0.0, -1.0, 3.0]])
+    means = z @ A + 0.5
+    r = latent_r2(means[:100], z[:100], means[100:], z[100:])
+    assert r["r2"] > 0.999
+    noise = torch.randn(200, 3, generator=g)
+    assert latent_r2(noise[:100], z[:100], noise[100:], z[100:])["r2"] < 0.1
