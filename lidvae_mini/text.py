@@ -29,7 +29,7 @@ from torch import nn
 
 from ._checks import check_choice, check_int, check_positive
 from .brenier import BrenierMap
-from .data.text import EOS, PAD, BOS
+from .data.text import BOS, EOS, PAD, UNK
 from .metrics import active_units, iwae_log_likelihood, kl_gaussian_standard_per_dim, mutual_information
 
 CONSTRUCTIONS = ("minimal", "naive")
@@ -87,16 +87,17 @@ class _Decoder(nn.Module):
 
     @torch.no_grad()
     def sample(self, z: torch.Tensor, max_len: int = 20, greedy: bool = False,
-               generator: torch.Generator | None = None) -> torch.Tensor:
+               generator: torch.Generator | None = None, banned=(PAD,)) -> torch.Tensor:
         """Token ids ``(N, max_len + 2)`` starting with ``<s>``, decoded from ``z`` ``(N, K)``; after ``</s>``
-        the rest is ``<pad>``. ``greedy``: argmax at each step, else ancestral sampling."""
+        the rest is ``<pad>``. ``greedy``: argmax at each step, else ancestral sampling; ``banned`` token ids get
+        probability 0 (``<pad>`` always; e.g. also ``<unk>`` for display)."""
         n = z.shape[0]
         tok = torch.full((n,), BOS, dtype=torch.long, device=z.device)
         out, done = [tok], torch.zeros(n, dtype=torch.bool, device=z.device)
         state = self._init_state(z)
         for _ in range(max_len + 1):
             logits, state = self._step(z, tok, state)
-            logits[:, PAD] = -float("inf")
+            logits[:, list(banned)] = -float("inf")
             tok = logits.argmax(-1) if greedy else torch.multinomial(torch.softmax(logits, -1), 1,
                                                                        generator=generator)[:, 0]
             tok = torch.where(done, torch.full_like(tok, PAD), tok)
@@ -440,9 +441,11 @@ def latent_r2(means_fit, z_fit, means_eval, z_eval) -> dict:
 
 
 @torch.no_grad()
-def interpolate(model: TextVAE, x_a: torch.Tensor, x_b: torch.Tensor, steps: int = 5, max_len: int = 20):
+def interpolate(model: TextVAE, x_a: torch.Tensor, x_b: torch.Tensor, steps: int = 5, max_len: int = 20,
+                banned=(PAD, UNK)):
     """Greedy decodings of ``(1 - t) mu(x_a) + t mu(x_b)`` for ``t`` in ``linspace(0, 1, steps)``: ``(steps, L)``
-    token ids (encoder means of the two sentences, each ``(1, T)``)."""
+    token ids (encoder means of the two sentences, each ``(1, T)``); ``banned`` tokens (default ``<pad>`` and
+    ``<unk>``) are never decoded."""
     ma, mb = model.encode_mean(x_a), model.encode_mean(x_b)
     t = torch.linspace(0, 1, steps).unsqueeze(1)
-    return model.decoder.sample((1 - t) * ma + t * mb, max_len=max_len, greedy=True)
+    return model.decoder.sample((1 - t) * ma + t * mb, max_len=max_len, greedy=True, banned=banned)
