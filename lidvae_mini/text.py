@@ -175,6 +175,33 @@ class LinearBrenierMap(nn.Module):
         return self.alpha * u
 
 
+def padded_brenier(g: BrenierMap, w: torch.Tensor) -> torch.Tensor:
+    """``g(beta^T w)`` for the zero-padding ``beta = eye(M, D)``: ``(N, M) -> (N, D)``, equal to
+    ``g(F.pad(w, (0, D - M)))`` (tested) but with the first ICNN layer applied to the ``M`` non-zero coordinates
+    only (the explicit gradient of :meth:`lidvae_mini.icnn.ICNN.gradient`, for all tokens in one batched call).
+    Falls back to ``g(pad(w))`` for a map that is not a :class:`~lidvae_mini.brenier.BrenierMap` in explicit mode.
+    """
+    D, M = g.dim, w.shape[-1]
+    net = getattr(g, "potential_net", None)
+    if net is None or g.grad_mode != "explicit" or not torch.isfinite(w).all():
+        return g(torch.nn.functional.pad(w, (0, D - M)))
+    A0 = net.A[0]
+    Ws = net.positive_weights()
+    s0 = torch.nn.functional.linear(w, A0.weight[:, :M], A0.bias)
+    pre, zz = [s0], net._h0(s0)
+    for l in range(1, len(net.hidden)):
+        sl = torch.nn.functional.linear(zz, Ws[l - 1]) + net.A[l](torch.nn.functional.pad(w, (0, D - M)))
+        pre.append(sl)
+        zz = net._act(sl)
+    delta = Ws[-1].expand(w.shape[0], -1)
+    grad = net.a_out + net.alpha * torch.nn.functional.pad(w, (0, D - M))
+    for l in range(len(net.hidden) - 1, 0, -1):
+        e = delta * net._act_grad(pre[l])
+        grad = grad + e @ net.A[l].weight
+        delta = e @ Ws[l - 1]
+    return grad + (delta * net._h0_grad(s0)) @ A0.weight
+
+
 class LIDSDecoder(_Decoder):
     """The LIDSVAE decoder (paper Example 2; supplement Eq. 16 with ``w = z``):
     ``x_t | z, x_<t ~ Cat(h(g_2(beta_2^T g_1([z, f(x_<t)]))))``.
@@ -230,14 +257,19 @@ class LIDSDecoder(_Decoder):
         """Logits ``(..., V)`` from ``z`` ``(..., K)`` and ``f`` ``(..., H)`` (same leading shape)."""
         lead = f.shape[:-1]
         u = torch.cat([z, f], -1).reshape(-1, self.latent_dim + self.hidden)
-        eta = self.g2(self.g1(u) @ self.beta2)
+        eta = padded_brenier(self.g2, self.g1(u))
         if self.construction == "minimal":
             eta = torch.cat([eta.new_zeros(eta.shape[0], 1), eta], -1)
         return eta.view(*lead, self.vocab_size)
 
+    def _lift(self, w: torch.Tensor) -> torch.Tensor:
+        """``w beta_2`` for the zero-one ``beta_2 = eye(K+H, D)``: zero padding, without the ``(K+H) x D`` matmul
+        (equal to ``w @ self.beta2``, tested; it saves a third of the step time at V = 2,000)."""
+        return torch.nn.functional.pad(w, (0, self.logit_dim - w.shape[-1]))
+
     def natural_parameters(self, z: torch.Tensor, f: torch.Tensor) -> torch.Tensor:
         """``eta = g_2(beta_2^T g_1([z, f]))`` ``(N, D)``: the free logits (minimal: ``log p_j - log p_0``)."""
-        return self.g2(self.g1(torch.cat([z, f], -1)) @ self.beta2)
+        return padded_brenier(self.g2, self.g1(torch.cat([z, f], -1)))
 
     def _logits(self, z, x_in):
         f = self.history(x_in)

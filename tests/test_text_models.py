@@ -45,6 +45,14 @@ def test_lids_history_never_sees_z():
     f = dec.history(x[:, :-1])
     assert f.shape == (6, 6, 8)
     assert dec.g1.dim == K + 8 and dec.g2.dim == V - 1
+    w = torch.randn(5, K + 8)
+    assert torch.equal(dec._lift(w), w @ dec.beta2)  # beta_2 applied as zero padding
+    from lidvae_mini.brenier import BrenierMap
+    from lidvae_mini.text import padded_brenier
+    for hidden in ((8,), (8, 6)):
+        g = BrenierMap(V - 1, hidden)
+        torch.nn.init.normal_(g.potential_net.A[0].bias)
+        assert torch.allclose(padded_brenier(g, w), g(w @ dec.beta2), atol=1e-5)
 
 
 def test_minimal_construction_is_injective_for_any_history():
