@@ -24,6 +24,7 @@ Variable Non-identifiability", NeurIPS 2021). One concept per module:
 ``data``               data directory, shipped official inputs, loaders
 ``provenance``         metrics.json and run environment
 ``reproduce``          ``python -m lidvae_mini.reproduce CHAPTER -p key=value``
+``sweep``              ``python -m lidvae_mini.sweep CHAPTER --grid k=v1,v2 --seeds 0-9`` on Ray, resumable
 =====================  =====================================================================
 """
 import os as _os

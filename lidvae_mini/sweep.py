@@ -39,6 +39,8 @@ then listed with its error; its folder keeps the failed notebook. The exit statu
 :func:`lidvae_mini.results.summarise_runs` into ``DIR/<point>`` (into ``DIR`` without ``--grid``), with the runs'
 scale label and provenance; a grid point with a failed seed is not aggregated.
 
+``--dry-run`` checks everything and lists the runs without connecting to Ray.
+
 **Progress**: a tqdm bar on stderr (done / running / failed; ``TQDM_DISABLE=1`` turns it off), one line per
 finished run, and a summary table at the end.
 """
@@ -672,6 +674,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--timeout", type=int, default=None, help="per-cell timeout in seconds (default none)")
     parser.add_argument("--aggregate-to", metavar="DIR", default=None,
                         help="summarise the seeds of each grid point into DIR/<point> (DIR without --grid)")
+    parser.add_argument("--dry-run", action="store_true",
+                        help="check everything and list the runs (and which are finished), then stop")
     args = parser.parse_args(argv)
     try:
         if args.retries < 0 or args.system_retries < 0:
@@ -691,6 +695,12 @@ def main(argv: list[str] | None = None) -> int:
     n_points = len({s.label for s in specs})
     print(f"sweep {args.chapter}: {n_points} grid point(s) x {len(specs) // n_points} seed(s) = {len(specs)} runs "
           f"in {specs[0].folder.parents[1]}", flush=True)
+    if args.dry_run:
+        for spec in specs:
+            state = "finished, skipped" if run_state(spec.folder) == "completed" else "to run"
+            print(f"{spec.label}/seed_{spec.seed}: {state} (scale {spec.scale}, {spec.num_cpus:g} CPU, "
+                  f"{spec.num_gpus:g} GPU) {spec.folder}")
+        return 0
     try:
         outcomes = run_sweep(args.chapter, specs, args.book, args.timeout, args.retries, args.system_retries,
                              args.address, args.local_cpus, args.object_store_mb)
