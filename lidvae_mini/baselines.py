@@ -62,7 +62,7 @@ from torch import nn
 from ._checks import check_choice, check_int, check_positive
 from .encoders import LOG_2PI as LOG_2PI_
 from .encoders import LOGVAR_RANGE, ConditionalRealNVP, GaussianEncoder
-from .mixture import EXAMPLE1_GAMMA, MixtureVAE, entropy_from_log_probs
+from .mixture import EXAMPLE1_GAMMA, MixtureVAE, coupling_context_parts, entropy_from_log_probs
 from .vae import VAE
 
 #: Kim et al.'s SVI settings (``train_img.py`` defaults; He et al.'s rerun uses the same lr, momentum and clip).
@@ -460,11 +460,7 @@ def _flow_log_density_matrix(enc: ConditionalRealNVP, w: torch.Tensor, mu: torch
     (N, M), nats. The same computation as ``enc.log_prob`` (tested against it), with the first linear layer of each
     coupling network split into its ``w`` and context parts, so the context part is computed once per context
     instead of once per (draw, context) pair."""
-    K = w.shape[1]
-    pre = []
-    for layer in enc.couplings:
-        lin = layer.net[0]
-        pre.append((lin.weight[:, :K], h @ lin.weight[:, K:].T + lin.bias))           # (hidden, K), (M, hidden)
+    pre = coupling_context_parts(enc, h)                                          # [(hidden, K), (M, hidden)]
     out = []
     for r0 in range(0, w.shape[0], rows):
         z = w[r0:r0 + rows, None, :].expand(-1, mu.shape[0], -1)                    # (rows, M, K)

@@ -54,7 +54,7 @@ from torch import nn
 
 from ._checks import as_float_array, check_choice, check_int, check_positive
 from .decoders import InjectiveDecoder, MLPDecoder, count_parameters, mlp_parameter_count
-from .encoders import LOG_2PI, MEAN_SAMPLES, make_encoder, mlp
+from .encoders import LOG_2PI, MEAN_SAMPLES, ConditionalRealNVP, make_encoder, mlp
 from .vae import DecoderFacts
 
 KINDS = ("gmvae", "lidgmvae", "beta_gmvae")
@@ -88,6 +88,39 @@ def entropy_from_log_probs(log_probs: torch.Tensor) -> torch.Tensor:
     ``p log p`` computed from probabilities has a 0/0 gradient, while ``exp(l) * l`` has the finite one.
     """
     return -(log_probs.exp() * log_probs).sum(-1)
+
+
+def coupling_context_parts(enc: ConditionalRealNVP, h: torch.Tensor) -> list:
+    """Per coupling of ``enc``: its first linear layer split into the part that reads ``w`` (hidden, K) and the
+    part that reads the context, evaluated once per context row of ``h`` (M, hidden) (bias included)."""
+    K = enc.latent_dim
+    return [(layer.net[0].weight[:, :K], h @ layer.net[0].weight[:, K:].T + layer.net[0].bias)
+            for layer in enc.couplings]
+
+
+def flow_forward_split(enc: ConditionalRealNVP, u: torch.Tensor, parts: list) -> torch.Tensor:
+    """``enc.flow(u, h)[0]`` for base points ``u`` (S, M, K) with the context parts of
+    :func:`coupling_context_parts` (M rows): the same affine couplings, without concatenating the context to every
+    draw (the context is usually much wider than ``w``)."""
+    for layer, (w_z, ctx) in zip(enc.couplings, parts):
+        raw_s, t = layer.net[1:]((u * layer.mask) @ w_z.T + ctx).chunk(2, dim=-1)
+        free = 1.0 - layer.mask
+        u = u * torch.exp(layer.scale * torch.tanh(raw_s) * free) + t * free
+    return u
+
+
+def flow_mean(enc: ConditionalRealNVP, x: torch.Tensor, n_samples: int = MEAN_SAMPLES, seed: int = 0) -> torch.Tensor:
+    """:meth:`ConditionalRealNVP.mean` (the same common random numbers, the same chunks of 128 draws), computed
+    with :func:`flow_forward_split`; equal up to floating-point rounding (tested), a few times faster for a mixture's
+    ``C·B`` contexts. ``x`` (M, D + C) -> (M, K)."""
+    mu, logvar, h = enc.base_params(x)
+    parts = coupling_context_parts(enc, h)
+    gen = torch.Generator(device=mu.device).manual_seed(check_int(seed, "seed", minimum=0))
+    eps = torch.randn((n_samples, 1, enc.latent_dim), generator=gen, device=mu.device).to(mu.dtype)
+    total = torch.zeros_like(mu)
+    for chunk in eps.split(128):
+        total = total + flow_forward_split(enc, mu + torch.exp(0.5 * logvar) * chunk, parts).sum(0)
+    return total / n_samples
 
 
 def example1_beta(num_clusters: int, latent_dim: int) -> torch.Tensor:
@@ -324,8 +357,11 @@ class MixtureVAE(DecoderFacts, nn.Module):
         """
         probs = self.cluster_probs(x)
         C, B = self.num_clusters, x.shape[0]
-        m = self.encoder.mean(self._context(x), n_samples=n_samples).reshape(C, B, self.latent_dim)
-        return (probs.T[:, :, None] * m).sum(0)
+        if type(self.encoder) is ConditionalRealNVP:
+            m = flow_mean(self.encoder, self._context(x), n_samples=check_int(n_samples, "n_samples"))
+        else:
+            m = self.encoder.mean(self._context(x), n_samples=n_samples)
+        return (probs.T[:, :, None] * m.reshape(C, B, self.latent_dim)).sum(0)
 
     def iwae_log_likelihood(self, x: torch.Tensor, num_samples: int = 100, chunk: int = 100,
                             seed: int | None = None) -> torch.Tensor:

@@ -235,3 +235,23 @@ def test_confident_q_y_gives_finite_gradients(trainer):
     assert torch.isfinite(loss) and not bad, bad
     kl_y = model.elbo_parts(x)["kl_y"]
     assert torch.allclose(kl_y, torch.full_like(kl_y, math.log(3)), atol=1e-5)   # one cluster: KL_y = log C
+
+
+def test_flow_mean_matches_the_encoders_mean():
+    """The mixture's fast RealNVP posterior mean is ConditionalRealNVP.mean with the context part of each coupling's
+    first layer computed once per context."""
+    from lidvae_mini.mixture import flow_mean
+
+    model = _tiny("gmvae", D=5, K=3, C=4, encoder="realnvp")
+    with torch.no_grad():
+        g = torch.Generator().manual_seed(0)
+        for layer in model.encoder.couplings:
+            layer.net[-1].weight.copy_(0.5 * torch.randn(layer.net[-1].weight.shape, generator=g))
+    x = torch.randn(7, 5, generator=g, dtype=torch.float64)
+    ctx = model._context(x)
+    with torch.no_grad():
+        torch.testing.assert_close(flow_mean(model.encoder, ctx, n_samples=300, seed=2),
+                                   model.encoder.mean(ctx, n_samples=300, seed=2))
+        m = model.encode_mean(x, n_samples=300)
+        ref = (model.cluster_probs(x).T[:, :, None] * model.encoder.mean(ctx, n_samples=300).reshape(4, 7, 3)).sum(0)
+    torch.testing.assert_close(m, ref)
