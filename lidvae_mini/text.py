@@ -65,7 +65,7 @@ class LSTMEncoder(nn.Module):
 
 # ------------------------------------------------------------------------------------------------ decoders
 class _Decoder(nn.Module):
-    """Shared interface: ``token_log_probs(x, z)`` ``(B, T) x (S, B, K) -> (S, B, T-1)`` and ancestral
+    """Shared interface: ``token_log_probs(x, z)`` ``(B, T) x (S, B, K) -> (S, B, T-1)``, ``log_prob`` and ancestral
     ``sample(z, max_len)``; subclasses give ``_logits(z_flat, x_in)`` ``-> (N, T', V)`` and one-step decoding."""
 
     def token_log_probs(self, x: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
@@ -82,8 +82,10 @@ class _Decoder(nn.Module):
         return lp.view(S, B, -1)
 
     def log_prob(self, x: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
-        """log p(x | z) = sum of :meth:`token_log_probs` over tokens, ``(S, B)`` nats."""
-        return self.token_log_probs(x, z).sum(-1)
+        """log p(x | z) = sum of :meth:`token_log_probs` over tokens, nats: ``(S, B)`` for ``z`` ``(S, B, K)``,
+        ``(B,)`` for ``z`` ``(B, K)`` (the protocol of :func:`lidvae_mini.baselines.svi_refine`)."""
+        lp = self.token_log_probs(x, z).sum(-1)
+        return lp[0] if z.dim() == 2 else lp
 
     @torch.no_grad()
     def sample(self, z: torch.Tensor, max_len: int = 20, greedy: bool = False,
@@ -354,8 +356,29 @@ class NonFiniteLossError(RuntimeError):
     """A non-finite loss or gradient during :func:`fit_text`."""
 
 
+def sa_text_loss(model: TextVAE, x: torch.Tensor, svi_steps: int = 10, svi_lr: float = 1.0,
+                 momentum: float = 0.5, clip: float = 5.0):
+    """SA-VAE objective (Kim et al. 2018) for a :class:`TextVAE`, ``(scalar, parts)``: the encoder's
+    ``(mu_0, logvar_0)`` are refined by :func:`lidvae_mini.baselines.svi_refine` (``svi_steps`` of SGD with
+    momentum on the ELBO through the LSTM decoder); the decoder is trained on the ELBO at the refined posterior
+    ``q_K`` and the encoder on ``KL(q_0 || stopgrad(q_K))`` (Kim et al.'s ``train_kl``; the end-to-end variant needs
+    double backpropagation through the LSTM and is not used). Metrics of the trained model use the amortised
+    encoder."""
+    from .baselines import gaussian_kl, svi_refine
+
+    mu0, lv0 = model.encoder(x)
+    mu, lv, _ = svi_refine(model, x, mu0.detach(), lv0.detach(), svi_steps, svi_lr, momentum, clip)
+    z = mu + (0.5 * lv).exp() * torch.randn_like(mu)
+    rec = -model.decoder.log_prob(x, z)
+    kl = kl_gaussian_standard_per_dim(mu, lv).sum(-1)
+    kl_init = gaussian_kl(mu0, lv0, mu, 0.5 * lv)
+    loss = (rec + model.beta * kl).mean() + kl_init.mean()
+    return loss, {"rec": rec.detach().mean(), "kl": kl.detach().mean(), "elbo": -(rec + kl).detach().mean()}
+
+
 def fit_text(model: TextVAE, train_batches, valid_batches=None, epochs: int = 5, lr: float = 1e-3,
-             seed: int = 0, clip: float = 5.0, weight_decay: float = 0.0, verbose: bool = False) -> dict:
+             seed: int = 0, clip: float = 5.0, weight_decay: float = 0.0, verbose: bool = False,
+             loss_fn=None, aggressive: bool = False, max_inner_steps: int = 100, check_every: int = 15) -> dict:
     """Maximise the ELBO (``rec + beta·KL``, batch mean, one draw) with Adam over equal-length batches.
 
     Seeded: the batch order of every epoch and the reparameterisation noise come from ``seed`` (the caller's
@@ -363,12 +386,37 @@ def fit_text(model: TextVAE, train_batches, valid_batches=None, epochs: int = 5,
     gradient raises :class:`NonFiniteLossError` before the update. Per epoch the history records the mean
     training loss, KL and the validation negative ELBO and KL (one draw, seeded).
 
-    Returns: ``{"train_loss": [...], "train_kl": [...], "valid_nelbo": [...], "valid_kl": [...], "seconds": s}``.
+    ``loss_fn(model, x) -> (scalar, parts)`` replaces ``model.loss`` (e.g. :func:`sa_text_loss`). ``aggressive``:
+    He et al. (2019)'s lagging-inference training: while the aggressive phase lasts, before every decoder update
+    the encoder alone is updated on random training batches (:func:`lidvae_mini.baselines.encoder_inner_loop`,
+    at most ``max_inner_steps``, stopping when the mean loss of a block of ``check_every`` steps rises); the phase
+    ends after the first epoch whose validation MI (needs ``valid_batches``) does not increase.
+
+    Returns: ``{"train_loss": [...], "train_kl": [...], "valid_nelbo": [...], "valid_kl": [...], "seconds": s}``
+    (and ``"aggressive_epochs"``).
     """
     epochs = check_int(epochs, "epochs")
     opt = torch.optim.Adam(model.parameters(), lr=lr, weight_decay=weight_decay)
     hist = {"train_loss": [], "train_kl": [], "valid_nelbo": [], "valid_kl": []}
     rng = np.random.default_rng(seed)
+    loss_fn = loss_fn or (lambda mod, xb: mod.loss(xb))
+    if aggressive:
+        from .baselines import encoder_inner_loop
+        if not valid_batches:
+            raise ValueError("aggressive training needs valid_batches (its phase ends on the validation MI)")
+        enc_params = list(model.encoder.parameters())
+        enc_opt = torch.optim.Adam(enc_params, lr=lr, weight_decay=weight_decay)
+        dec_params = [p for p in model.parameters() if all(p is not q for q in enc_params)]
+        hist["aggressive_epochs"], best_mi = 0, -math.inf
+
+        def enc_step():
+            _, xb = train_batches[int(rng.integers(len(train_batches)))]
+            lo, _ = loss_fn(model, xb)
+            enc_opt.zero_grad(set_to_none=True)
+            lo.backward()
+            torch.nn.utils.clip_grad_norm_(enc_params, clip)
+            enc_opt.step()
+            return float(lo.detach()) * xb.shape[0], xb.shape[0]
     t0 = time.perf_counter()
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
@@ -377,7 +425,26 @@ def fit_text(model: TextVAE, train_batches, valid_batches=None, epochs: int = 5,
             tot, kl, n = 0.0, 0.0, 0
             for i in rng.permutation(len(train_batches)):
                 _, x = train_batches[i]
-                loss, parts = model.loss(x)
+                if aggressive and best_mi is not None:
+                    encoder_inner_loop(enc_step, max_inner_steps, check_every)
+                    for p in enc_params:  # the decoder step: the encoder was just updated
+                        p.requires_grad_(False)
+                    try:
+                        loss, parts = loss_fn(model, x)
+                        opt.zero_grad(set_to_none=True)
+                        loss.backward()
+                    finally:
+                        for p in enc_params:
+                            p.requires_grad_(True)
+                    if not torch.isfinite(loss):
+                        raise NonFiniteLossError(f"non-finite loss at epoch {ep}")
+                    torch.nn.utils.clip_grad_norm_(dec_params, clip)
+                    opt.step()
+                    tot += float(loss.detach()) * x.shape[0]
+                    kl += float(parts["kl"]) * x.shape[0]
+                    n += x.shape[0]
+                    continue
+                loss, parts = loss_fn(model, x)
                 if not torch.isfinite(loss):
                     raise NonFiniteLossError(f"non-finite loss at epoch {ep}")
                 opt.zero_grad(set_to_none=True)
@@ -395,6 +462,12 @@ def fit_text(model: TextVAE, train_batches, valid_batches=None, epochs: int = 5,
                 ev = elbo_eval(model, valid_batches, seed=seed)
                 hist["valid_nelbo"].append(-ev["elbo"])
                 hist["valid_kl"].append(ev["kl"])
+            if aggressive and best_mi is not None:
+                hist["aggressive_epochs"] += 1
+                nv = sum(int(xb.shape[0]) for _, xb in valid_batches)
+                with torch.no_grad():
+                    mi = mutual_information(*posterior_stats(model, valid_batches, nv), seed=seed)
+                best_mi = mi if mi > best_mi else None  # None: the aggressive phase is over
             if verbose:
                 print(f"epoch {ep + 1}: loss {hist['train_loss'][-1]:.2f} kl {hist['train_kl'][-1]:.3f}")
     hist["seconds"] = time.perf_counter() - t0
