@@ -2,9 +2,12 @@
 
     python benchmarks/lidvae_step.py [--reps 10] [--device cpu|cuda|all] [--out FILE.json]
 
-One step = forward and backward of the batch-mean negative ELBO (1 reparameterised sample, analytic KL)
-of a Gaussian MLP encoder (784-512-512-2K, ReLU) and a Bernoulli decoder, batch 100, D = 784, K = 64
-(issue 3, Sec. 6). Decoders compared side by side:
+One step is the package's training step, as :func:`lidvae_mini.train.fit` takes it: ``VAE.loss`` (the batch-mean
+negative ELBO, 1 reparameterised sample, analytic KL from one encoder pass), backward, gradient clipping at norm 5
+over all parameters and an Adam update, for a :class:`lidvae_mini.vae.VAE` with the package's
+:class:`~lidvae_mini.encoders.GaussianEncoder` (784-512-512-2K, ReLU) and a Bernoulli decoder, batch 100,
+D = 784, K = 64 (issue 3, Sec. 6). The whole loop around it (data on the device, no host reads) is timed by
+``benchmarks/train_step.py``; this script isolates the decoders. Decoders compared side by side:
 
 - ``mlp``: :class:`~lidvae_mini.decoders.MLPDecoder` with two equal hidden layers, width chosen by
   :func:`~lidvae_mini.decoders.matched_mlp_hidden` so its parameter count is within 10% of the LIDVAE one;
@@ -29,9 +32,10 @@ import time
 from pathlib import Path
 
 import torch
-from torch import nn
 
 from lidvae_mini.decoders import InjectiveDecoder, MLPDecoder, count_parameters, matched_mlp_hidden
+from lidvae_mini.encoders import GaussianEncoder
+from lidvae_mini.vae import VAE
 
 B, D, K = 100, 784, 64
 ENC_HIDDEN = (512, 512)
@@ -39,20 +43,8 @@ LID_HIDDEN1, LID_HIDDEN2 = (256, 256), (512, 512)
 CONFIGS = ("mlp", "lidvae-explicit", "lidvae-autograd")
 
 
-class GaussianEncoder(nn.Module):
-    """q(z|x) = N(mu(x), diag exp(logvar(x))) from an MLP."""
-
-    def __init__(self):
-        super().__init__()
-        self.net = nn.Sequential(nn.Linear(D, ENC_HIDDEN[0]), nn.ReLU(), nn.Linear(*ENC_HIDDEN), nn.ReLU(),
-                                 nn.Linear(ENC_HIDDEN[1], 2 * K))
-
-    def forward(self, x):
-        mu, logvar = self.net(x).chunk(2, dim=-1)
-        return mu, logvar.clamp(-15, 10)
-
-
 def build(config: str, device: str, seed: int = 0):
+    """``(model, optimizer, x)``: a VAE with the given decoder, its Adam optimizer and a binary batch."""
     torch.manual_seed(seed)
     lid = InjectiveDecoder(K, D, LID_HIDDEN1, LID_HIDDEN2, head="bernoulli")
     if config == "mlp":
@@ -61,20 +53,19 @@ def build(config: str, device: str, seed: int = 0):
         dec = lid
         if config == "lidvae-autograd":
             dec.g1.grad_mode = dec.g2.grad_mode = "autograd"
-    enc = GaussianEncoder()
+    model = VAE(GaussianEncoder(D, K, hidden=ENC_HIDDEN), dec).to(device)
     x = (torch.rand(B, D) > 0.5).float()
-    return enc.to(device), dec.to(device), x.to(device)
+    return model, torch.optim.Adam(model.parameters(), lr=1e-4), x.to(device)
 
 
-def step(enc, dec, x) -> float:
-    enc.zero_grad(set_to_none=True)
-    dec.zero_grad(set_to_none=True)
-    mu, logvar = enc(x)
-    z = mu + (0.5 * logvar).exp() * torch.randn_like(mu)
-    kl = 0.5 * (mu.square() + logvar.exp() - logvar - 1).sum(-1)
-    loss = (kl - dec.log_prob(x, z)).mean()
+def step(model, opt, x) -> torch.Tensor:
+    """One training step as ``fit`` takes it (loss, backward, clipping, Adam); no host read."""
+    loss, _ = model.loss(x)
+    opt.zero_grad(set_to_none=True)
     loss.backward()
-    return float(loss.detach())
+    torch.nn.utils.clip_grad_norm_(list(model.parameters()), 5.0)
+    opt.step()
+    return loss.detach()
 
 
 def sync(device: str) -> None:
@@ -96,16 +87,16 @@ def time_configs(device: str, reps: int) -> dict:
             sync(device)
             times[c].append(1e3 * (time.perf_counter() - t0))
     return {c: {"ms_median": statistics.median(t), "ms_min": min(t), "reps": len(t),
-                "decoder_params": count_parameters(models[c][1])} for c, t in times.items()}
+                "decoder_params": count_parameters(models[c][0].decoder)} for c, t in times.items()}
 
 
 def cuda_peak_mib(config: str) -> float:
-    enc, dec, x = build(config, "cuda")
-    step(enc, dec, x)
+    model, opt, x = build(config, "cuda")
+    step(model, opt, x)
     torch.cuda.synchronize()
     torch.cuda.reset_peak_memory_stats()
     base = torch.cuda.memory_allocated()
-    step(enc, dec, x)
+    step(model, opt, x)
     torch.cuda.synchronize()
     return (torch.cuda.max_memory_allocated() - base) / 2**20
 
@@ -114,8 +105,8 @@ def saved_tensor_mib(config: str, device: str = "cpu") -> float:
     """MiB of distinct storages that autograd saves for the backward pass of one step (parameters
     excluded): the activation memory held from forward to backward, the part that differs between
     decoders. Measured with ``torch.autograd.graph.saved_tensors_hooks``."""
-    enc, dec, x = build(config, device)
-    params = {p.untyped_storage().data_ptr() for m in (enc, dec) for p in m.parameters()}
+    model, opt, x = build(config, device)
+    params = {p.untyped_storage().data_ptr() for p in model.parameters()}
     seen: dict[int, int] = {}
 
     def pack(t):
@@ -125,7 +116,7 @@ def saved_tensor_mib(config: str, device: str = "cpu") -> float:
         return t
 
     with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-        step(enc, dec, x)
+        step(model, opt, x)
     return sum(seen.values()) / 2**20
 
 
@@ -167,7 +158,7 @@ def main() -> None:
         Path(args.out).write_text(json.dumps({
             "setup": {"batch": B, "D": D, "K": K, "encoder_hidden": ENC_HIDDEN, "lid_hidden1": LID_HIDDEN1,
                       "lid_hidden2": LID_HIDDEN2, "likelihood": "bernoulli", "reps": args.reps,
-                      "step": "forward + backward of the batch-mean negative ELBO, 1 sample"},
+                      "step": "VAE.loss (1 sample, one encoder pass) + backward + clip at 5 + Adam"},
             "results": results, "environment": environment_info()}, indent=2) + "\n")
 
 
