@@ -16,7 +16,9 @@ for every history. ``construction="naive"`` (``V`` free logits, as the official 
 
 The training loop :func:`fit_text` is separate from :func:`lidvae_mini.train.fit`, which takes fixed-size float
 arrays; it keeps ``fit``'s guarantees that matter at ``ci`` scale (explicit seed, clipping over all parameters,
-NaN guard) but has no checkpoint/resume.
+NaN guard) but has no checkpoint/resume. The text baselines reuse :mod:`lidvae_mini.baselines`: SA-VAE through
+:func:`~lidvae_mini.baselines.svi_refine` (:func:`sa_text_loss`), the lagging VAE through
+:func:`~lidvae_mini.baselines.encoder_inner_loop` (``fit_text(..., aggressive=True)``).
 """
 from __future__ import annotations
 
