@@ -380,7 +380,7 @@ def _write_run_folder(spec: RunSpec, files: dict, sweep_record: dict) -> None:
     try:
         for rel, data in files.items():
             target = tmp / rel
-            if target.resolve().parent != tmp.resolve() and tmp.resolve() not in target.resolve().parents:
+            if tmp.resolve() not in target.resolve().parents:
                 continue   # never write outside the run folder
             target.parent.mkdir(parents=True, exist_ok=True)
             target.write_bytes(data)
@@ -461,29 +461,66 @@ def _import_ray():
     return ray
 
 
+def ray_offline_env(home: str | Path) -> dict:
+    """Environment variables under which the processes a Ray head node starts stay off the network.
+
+    With usage statistics disabled, Ray 2.60's head still starts a usage-statistics process that asks the
+    cloud metadata services (``169.254.169.254``, ``metadata.google.internal``) which cloud it runs on, unless
+    ``~/ray_bootstrap_config.yaml`` exists, and a head started with ``ray start`` reports "disabled" to
+    ``$RAY_USAGE_STATS_REPORT_URL``. The returned variables point ``HOME`` at ``home`` (a folder made here, holding
+    a ``ray_bootstrap_config.yaml`` that names a local provider), turn usage statistics off and send that report
+    to a closed loopback port. Give them to ``ray start`` or set them around ``ray.init``; the runs themselves
+    should keep the user's ``HOME`` (:func:`run_sweep` restores it in each task of a local runtime).
+    """
+    home = Path(home)
+    home.mkdir(parents=True, exist_ok=True)
+    (home / "ray_bootstrap_config.yaml").write_text("# lidvae_mini.sweep: a local cluster, no cloud provider\n"
+                                                    "provider:\n  type: local\n")
+    return {"HOME": str(home), "RAY_USAGE_STATS_ENABLED": "0", "RAY_USAGE_STATS_REPORT_URL": "http://127.0.0.1:9/"}
+
+
 def connect(address: str | None = None, num_cpus: int | None = None,
             object_store_mb: int | None = DEFAULT_OBJECT_STORE_MB):
     """Connect to the Ray cluster at ``address`` (``auto``, ``HOST:PORT`` or ``ray://HOST:PORT``), or start a local
     runtime (``address=None``) with ``num_cpus`` CPUs (default: all), an object store of ``object_store_mb`` MB,
-    no dashboard, usage statistics off, bound to the loopback address. Returns the ``ray`` module."""
+    no dashboard and usage statistics off, bound to the loopback address, its processes kept off the network
+    (:func:`ray_offline_env`; their ``HOME`` is a temporary folder, which also holds Ray's token for the runtime).
+
+    Returns ``(ray, home)``: the ``ray`` module and that folder (``None`` for a cluster), to remove after
+    ``ray.shutdown()``.
+    """
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
-    if address is None:
-        # A local runtime is one node: let Ray use the loopback address rather than the machine's routable one
-        # (Ray reads this switch when it is imported, and consults it for the node's IP address).
-        os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
+    if address is not None:
+        ray = _import_ray()
+        ray.init(address=address, log_to_driver=False, logging_level="warning")
+        return ray, None
+    # A local runtime is one node: let Ray use the loopback address rather than the machine's routable one
+    # (Ray reads this switch when it is imported, and consults it for the node's IP address).
+    os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
     ray = _import_ray()
-    if address is None:
-        try:
-            from ray._private import ray_constants
-            ray_constants.ENABLE_RAY_CLUSTER = os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] not in ("0", "false")
-        except (ImportError, AttributeError):
-            pass
+    try:
+        from ray._private import ray_constants
+        ray_constants.ENABLE_RAY_CLUSTER = os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] not in ("0", "false")
+    except (ImportError, AttributeError):
+        pass
+    home = Path(tempfile.mkdtemp(prefix="lidvae-sweep-ray-"))
+    env = ray_offline_env(home)
+    saved = {k: os.environ.get(k) for k in env}
+    os.environ.update(env)   # inherited by the processes ray.init starts, restored for this one right after
+    try:
         ray.init(address="local", num_cpus=num_cpus, include_dashboard=False, log_to_driver=False,
                  object_store_memory=None if object_store_mb is None else int(object_store_mb) * 1024 ** 2,
                  logging_level="warning", configure_logging=True)
-    else:
-        ray.init(address=address, log_to_driver=False, logging_level="warning")
-    return ray
+    except BaseException:
+        shutil.rmtree(home, ignore_errors=True)
+        raise
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+    return ray, home
 
 
 def _check_resources(ray, specs: list[RunSpec]) -> None:
@@ -497,9 +534,11 @@ def _check_resources(ray, specs: list[RunSpec]) -> None:
                              "--cpus-per-run/--gpus-per-run, or set device to a device the nodes have")
 
 
-def _task_env(spec: RunSpec) -> dict:
+def _task_env(spec: RunSpec, local: bool) -> dict:
     env = {"TQDM_DISABLE": "1", "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS")
            or str(max(1, int(spec.num_cpus)))}
+    if local and os.environ.get("HOME"):   # the run sees the user's home, not the one of Ray's processes
+        env["HOME"] = os.environ["HOME"]
     if os.environ.get(DATA_ENV_VAR):
         env[DATA_ENV_VAR] = rp._absolute_data_dir(os.environ[DATA_ENV_VAR], Path.cwd())
     return env
@@ -529,7 +568,7 @@ def run_sweep(chapter: str, specs: list[RunSpec], book: str | Path | None = None
     if not todo:
         return [outcomes[s] for s in specs]
     bdir = str(rp.book_dir(book))
-    ray = connect(address, local_cpus, object_store_mb)
+    ray, ray_home = connect(address, local_cpus, object_store_mb)
     address_text = address or "local"
     try:
         _check_resources(ray, todo)
@@ -543,7 +582,7 @@ def run_sweep(chapter: str, specs: list[RunSpec], book: str | Path | None = None
 
         def submit(spec: RunSpec, attempt: int):
             job = {"chapter": chapter, "params": spec.params, "scale": spec.scale, "book": bdir, "timeout": timeout,
-                   "env": _task_env(spec), "command": spec.command}
+                   "env": _task_env(spec, address is None), "command": spec.command}
             ref = remote.options(num_cpus=spec.num_cpus, num_gpus=spec.num_gpus, max_retries=system_retries,
                                  retry_exceptions=False, name=f"{chapter}:{spec.label}/seed_{spec.seed}").remote(job)
             pending[ref] = (spec, attempt)
@@ -604,6 +643,8 @@ def run_sweep(chapter: str, specs: list[RunSpec], book: str | Path | None = None
             bar.close()
     finally:
         ray.shutdown()
+        if ray_home is not None:
+            shutil.rmtree(ray_home, ignore_errors=True)
     return [outcomes[s] for s in specs]
 
 

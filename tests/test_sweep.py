@@ -1,9 +1,14 @@
 """python -m lidvae_mini.sweep: validation before submission, run folders, resume, retries, and a two-node Ray
 cluster on loopback addresses (a lost worker and a lost node lose no result).
 
-Ray rewrites ``127.0.0.1``/``localhost`` into the machine's routable address, so the test cluster uses other
-loopback addresses (``127.0.0.2`` head, ``127.0.0.3`` worker node): nothing leaves the loopback interface. The
-cluster's processes are stopped by their process ids (everything under the cluster's temporary folder and their
+Network: Ray rewrites ``127.0.0.1``/``localhost`` into the machine's routable address, so the test cluster uses
+other loopback addresses (``127.0.0.2`` head, ``127.0.0.3`` worker node); the sweep's local runtime is kept on
+``127.0.0.1``; Ray's own probes of cloud metadata services and its usage report are switched off
+(:func:`lidvae_mini.sweep.ray_offline_env`). A ``sitecustomize`` guard in every subprocess of these tests (sweep,
+``ray start`` and all Python processes Ray starts, notebook kernels) refuses and records any connection, datagram
+or name lookup that is not on the loopback interface; the module fails if one was attempted.
+
+The cluster's processes are stopped by their process ids (everything under the cluster's temporary folder and their
 children), not by ``ray stop``, which would also stop any other Ray on the machine.
 """
 from __future__ import annotations
@@ -85,11 +90,108 @@ def fake_book(tmp_path_factory):
     return book
 
 
+NETWORK_GUARD = r"""
+# Written by tests/test_sweep.py: refuse and record network use off the loopback interface.
+import ipaddress, os, socket, sys, traceback
+
+_LOG = os.environ.get("LIDVAE_TEST_NETWORK_LOG")
+_HOSTNAME = socket.gethostname()
+
+
+def _loopback(host):
+    host = host.decode() if isinstance(host, bytes) else str(host)
+    if host in ("localhost", "", _HOSTNAME):
+        return True
+    try:
+        ip = ipaddress.ip_address(host.split("%")[0])
+    except ValueError:
+        return False
+    mapped = getattr(ip, "ipv4_mapped", None)
+    return ip.is_loopback or ip.is_unspecified or bool(mapped and mapped.is_loopback)
+
+
+def _refuse(kind, what):
+    if _LOG:
+        with open(_LOG, "a") as f:
+            f.write(f"{kind} {what!r} by pid {os.getpid()} {sys.argv[:2]}\n{''.join(traceback.format_stack()[-6:-2])}\n")
+    raise OSError(f"test network guard: {kind} {what!r} is not on the loopback interface")
+
+
+_connect, _connect_ex, _sendto, _getaddrinfo = (socket.socket.connect, socket.socket.connect_ex,
+                                                 socket.socket.sendto, socket.getaddrinfo)
+
+
+def _check(sock, addr, kind):
+    if sock.family in (socket.AF_INET, socket.AF_INET6) and isinstance(addr, tuple) and not _loopback(addr[0]):
+        _refuse(kind, addr)
+
+
+def connect(self, addr):
+    _check(self, addr, "connect")
+    return _connect(self, addr)
+
+
+def connect_ex(self, addr):
+    _check(self, addr, "connect")
+    return _connect_ex(self, addr)
+
+
+def sendto(self, data, *args):
+    _check(self, args[-1], "sendto")
+    return _sendto(self, data, *args)
+
+
+def getaddrinfo(host, *args, **kwargs):
+    if host is not None and not _loopback(host):
+        _refuse("name lookup", host)
+    return _getaddrinfo(host, *args, **kwargs)
+
+
+socket.socket.connect, socket.socket.connect_ex, socket.socket.sendto = connect, connect_ex, sendto
+socket.getaddrinfo = getaddrinfo
+"""
+
+
+@pytest.fixture(scope="module", autouse=True)
+def network_guard(tmp_path_factory):
+    """Install the guard for this module's subprocesses; fail if any of them reached off the loopback interface."""
+    folder = tmp_path_factory.mktemp("guard")
+    (folder / "sitecustomize.py").write_text(NETWORK_GUARD)
+    log = folder / "refused.log"
+    saved = {k: os.environ.get(k) for k in ("LIDVAE_TEST_NETWORK_GUARD", "LIDVAE_TEST_NETWORK_LOG")}
+    os.environ.update(LIDVAE_TEST_NETWORK_GUARD=str(folder), LIDVAE_TEST_NETWORK_LOG=str(log))
+    yield log
+    for k, v in saved.items():
+        if v is None:
+            os.environ.pop(k, None)
+        else:
+            os.environ[k] = v
+    assert not log.exists(), f"network use off the loopback interface:\n{log.read_text()}"
+
+
+def test_network_guard_refuses_other_addresses(tmp_path):
+    code = ("import socket\ntry:\n    socket.create_connection(('192.0.2.1', 9), timeout=0.1)\n"
+            "except OSError as err:\n    print(err)\n")
+    log = tmp_path / "refused.log"
+    res = subprocess.run([sys.executable, "-c", code], env=_env(LIDVAE_TEST_NETWORK_LOG=str(log)),
+                         capture_output=True, text=True, timeout=60)
+    assert "test network guard" in res.stdout, res.stdout + res.stderr
+    assert "192.0.2.1" in log.read_text()
+
+
 def _env(**extra) -> dict:
-    """The environment of every subprocess: this checkout first on the path, no usage statistics, one thread."""
-    path = os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH")) if p)
+    """The environment of every subprocess: this checkout first on the path, the network guard, no usage
+    statistics, one thread."""
+    guard = os.environ.get("LIDVAE_TEST_NETWORK_GUARD")
+    path = os.pathsep.join(p for p in (guard, str(ROOT), os.environ.get("PYTHONPATH")) if p)
     return {**os.environ, "PYTHONPATH": path, "RAY_USAGE_STATS_ENABLED": "0", "TQDM_DISABLE": "1",
             "OMP_NUM_THREADS": "1", **AUTH, **extra}
+
+
+def _ray_node_env(home: Path) -> dict:
+    """The environment of ``ray start``: :func:`_env` plus the variables that keep Ray's own processes off the
+    network (no cloud metadata probe, no usage report; see :func:`lidvae_mini.sweep.ray_offline_env`)."""
+    return _env(**sweep.ray_offline_env(home))
 
 
 def _sweep_cmd(*args) -> list[str]:
@@ -300,10 +402,10 @@ def _ray_cli() -> str:
     return str(cli)
 
 
-def _start_worker_node(gcs: str) -> None:
+def _start_worker_node(gcs: str, home: Path) -> None:
     subprocess.run([_ray_cli(), "start", f"--address={gcs}", f"--node-ip-address={WORKER_IP}", "--num-cpus=1",
                     f"--object-store-memory={OBJECT_STORE}", "--disable-usage-stats"],
-                   env=_env(), check=True, capture_output=True, text=True, timeout=120)
+                   env=_ray_node_env(home), check=True, capture_output=True, text=True, timeout=120)
 
 
 def _wait_nodes(gcs: str, n: int, timeout: float = 60) -> None:
@@ -318,7 +420,7 @@ def _wait_nodes(gcs: str, n: int, timeout: float = 60) -> None:
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory):
     """A head node (127.0.0.2, 1 CPU) and a worker node (127.0.0.3, 1 CPU) started with ``ray start``."""
-    temp = tmp_path_factory.mktemp("ray")
+    temp, home = tmp_path_factory.mktemp("ray"), tmp_path_factory.mktemp("ray_home")
     port, client_port = _free_port(), _free_port()
     gcs = f"{HEAD_IP}:{port}"
     markers = [str(temp), gcs]
@@ -326,8 +428,8 @@ def cluster(tmp_path_factory):
         subprocess.run([_ray_cli(), "start", "--head", f"--node-ip-address={HEAD_IP}", f"--port={port}",
                         f"--ray-client-server-port={client_port}", "--num-cpus=1", "--include-dashboard=false",
                         f"--object-store-memory={OBJECT_STORE}", "--disable-usage-stats", f"--temp-dir={temp}"],
-                       env=_env(), check=True, capture_output=True, text=True, timeout=120)
-        _start_worker_node(gcs)
+                       env=_ray_node_env(home), check=True, capture_output=True, text=True, timeout=120)
+        _start_worker_node(gcs, home)
         _wait_nodes(gcs, 2)
         yield {"gcs": gcs, "client": f"ray://{HEAD_IP}:{client_port}", "markers": markers}
     finally:
@@ -425,5 +527,7 @@ def test_cluster_lost_node_loses_no_result(cluster, fake_book, tmp_path):
     assert proc.returncode == 0, stdout + stderr
     assert "2 completed, 0 failed" in stdout
     for seed in (0, 1):
-        assert sweep.run_state(out / "default" / f"seed_{seed}") == "completed"
-    assert len(list(started.iterdir())) == 3                   # the lost run started again
+        folder = out / "default" / f"seed_{seed}"
+        assert sweep.run_state(folder) == "completed"
+        assert json.loads((folder / "environment.json").read_text())["sweep"]["node"].startswith(HEAD_IP)
+    assert len(list(started.iterdir())) == 3                   # the lost run started again, on the head
