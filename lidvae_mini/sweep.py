@@ -308,7 +308,8 @@ def plan(chapter: str, param_files: list[str] | None = None, overrides: dict | N
     clash = sorted({lab for lab in labels if labels.count(lab) > 1})
     if clash:
         raise SweepError(f"distinct grid points share the folder name(s) {clash}; use values that differ as text")
-    fixed = [a for f in files for a in ("-f", f)] + [a for k, v in overrides.items() for a in ("-p", f"{k}={_yaml_text(v)}")]
+    fixed = ([a for f in files for a in ("-f", f)]
+             + [a for k, v in overrides.items() for a in ("-p", f"{k}={_yaml_text(v)}")])
     specs, data_checked = [], set()
     here = Path.cwd()
     for point, label in zip(points, labels):
@@ -425,8 +426,11 @@ def execute_run(job: dict) -> dict:
         rp.run(job["chapter"], overrides=job["params"], out=run_dir, book=job["book"], timeout=job["timeout"],
                scale=job["scale"])
     except Exception as err:   # noqa: BLE001 - every failure is reported to the driver with the run's files
-        text = str(err).strip()
-        error = f"{type(err).__name__}: {text[-2000:]}"
+        if hasattr(err, "ename"):   # papermill: the cell's exception; the traceback is in the notebook
+            error = (f"{type(err).__name__}: cell In [{getattr(err, 'exec_count', '?')}] raised {err.ename}: "
+                     f"{str(err.evalue)[:1000]} (traceback in the run's notebook)")
+        else:
+            error = f"{type(err).__name__}: {str(err).strip()[-2000:]}"
     finally:
         sys.argv = saved_argv
         for k, v in saved_env.items():
@@ -457,7 +461,8 @@ def _import_ray():
     try:
         import ray
     except ImportError:
-        raise SweepError("the sweep needs Ray: pip install \"lidvae-mini[sweep]\" (or pip install 'ray[client]')") from None
+        raise SweepError("the sweep needs Ray: pip install 'lidvae-mini[sweep]' (or pip install 'ray[client]')") \
+            from None
     return ray
 
 

@@ -33,7 +33,6 @@ from conftest import ROOT
 import ray  # noqa: F401  - a test dependency (requirements.txt): a missing Ray fails here, it is not skipped
 
 from lidvae_mini import sweep  # noqa: E402
-from lidvae_mini.reproduce import ReproduceError  # noqa: E402
 
 HEAD_IP, WORKER_IP = "127.0.0.2", "127.0.0.3"
 # Token authentication with a token of this test run only: the same for every node and driver, and independent of
@@ -113,7 +112,8 @@ def _loopback(host):
 def _refuse(kind, what):
     if _LOG:
         with open(_LOG, "a") as f:
-            f.write(f"{kind} {what!r} by pid {os.getpid()} {sys.argv[:2]}\n{''.join(traceback.format_stack()[-6:-2])}\n")
+            stack = "".join(traceback.format_stack()[-6:-2])
+            f.write(f"{kind} {what!r} by pid {os.getpid()} {sys.argv[:2]}\n{stack}\n")
     raise OSError(f"test network guard: {kind} {what!r} is not on the loopback interface")
 
 
@@ -348,6 +348,7 @@ def test_local_runtime_retries_failed_runs_then_lists_them(fake_book, tmp_path):
     assert (bad / "fake.ipynb").exists()                       # the failed notebook is kept
     assert "failed fail=true/seed_0 (attempt 1 of 2), retrying" in res.stderr
     assert "FAILED fail=true/seed_0 after 2 attempt(s)" in res.stdout
+    assert "raised RuntimeError: fake failure" in res.stdout
     assert "1 completed, 1 failed" in res.stdout
     assert "127.0.0.1" in env["sweep"]["node"]                 # the local runtime is on the loopback address
 
