@@ -403,10 +403,15 @@ def _ray_cli() -> str:
     return str(cli)
 
 
+def _ray_start(args: list[str], home: Path) -> None:
+    res = subprocess.run([_ray_cli(), "start", *args], env=_ray_node_env(home), capture_output=True, text=True,
+                         timeout=120)
+    assert res.returncode == 0, f"ray start {' '.join(args)} failed:\n{res.stdout}\n{res.stderr}"
+
+
 def _start_worker_node(gcs: str, home: Path) -> None:
-    subprocess.run([_ray_cli(), "start", f"--address={gcs}", f"--node-ip-address={WORKER_IP}", "--num-cpus=1",
-                    f"--object-store-memory={OBJECT_STORE}", "--disable-usage-stats"],
-                   env=_ray_node_env(home), check=True, capture_output=True, text=True, timeout=120)
+    _ray_start([f"--address={gcs}", f"--node-ip-address={WORKER_IP}", "--num-cpus=1",
+                f"--object-store-memory={OBJECT_STORE}", "--disable-usage-stats"], home)
 
 
 def _wait_nodes(gcs: str, n: int, timeout: float = 60) -> None:
@@ -426,10 +431,9 @@ def cluster(tmp_path_factory):
     gcs = f"{HEAD_IP}:{port}"
     markers = [str(temp), gcs]
     try:
-        subprocess.run([_ray_cli(), "start", "--head", f"--node-ip-address={HEAD_IP}", f"--port={port}",
-                        f"--ray-client-server-port={client_port}", "--num-cpus=1", "--include-dashboard=false",
-                        f"--object-store-memory={OBJECT_STORE}", "--disable-usage-stats", f"--temp-dir={temp}"],
-                       env=_ray_node_env(home), check=True, capture_output=True, text=True, timeout=120)
+        _ray_start(["--head", f"--node-ip-address={HEAD_IP}", f"--port={port}",
+                    f"--ray-client-server-port={client_port}", "--num-cpus=1", "--include-dashboard=false",
+                    f"--object-store-memory={OBJECT_STORE}", "--disable-usage-stats", f"--temp-dir={temp}"], home)
         _start_worker_node(gcs, home)
         _wait_nodes(gcs, 2)
         yield {"gcs": gcs, "client": f"ray://{HEAD_IP}:{client_port}", "markers": markers}
