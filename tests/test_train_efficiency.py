@@ -3,6 +3,7 @@ the NaN guard with deferred checks, data resident on the device, bfloat16 mixed 
 parameter files of chapters 07 and 08."""
 import contextlib
 import importlib.util
+import json
 import math
 import re
 
@@ -303,3 +304,62 @@ def test_fit_in_bf16_keeps_float32_weights_and_tracks_float32(binary_images, nam
     for key in ("train_neg_elbo", "valid_neg_elbo"):
         np.testing.assert_allclose(h16[key], h32[key], rtol=BF16_RTOL)
     assert h16["train_neg_elbo"][-1] < h16["train_neg_elbo"][0]
+
+
+# ------------------------------------------------------------------------------------ paper-scale parameter files
+PAPER = {"07_lidgmvae_pinwheel": dict(n_per_class=10_000, epochs=100, batch_size=100, hidden=[512, 512],
+                                      icnn_width=512, iwae_samples=500),
+         "08_images": dict(n_train=20_000, n_test=10_000, epochs=100, batch_size=100, latent_dim=64, num_clusters=10,
+                           hidden=[512, 512], icnn_width=512, encoder="realnvp", svi_steps=20, max_inner_steps=100,
+                           check_every=15, iwae_samples=500, seeds=list(range(10)))}
+_COST = re.compile(r"#\s+(\w+)\s+CPU (\d+) img/s -> ([\d.]+) h training.*GPU est\. ([\d.]+) ms/step -> ([\d.]+) min")
+
+
+def _paper_file(chapter):
+    return BOOK / "params" / chapter / "paper.yaml"
+
+
+@pytest.mark.parametrize("chapter", sorted(PAPER))
+def test_paper_yaml_is_valid_and_at_the_papers_scale(chapter):
+    from lidvae_mini.reproduce import chapter_parameters, parse_overrides, resolve_parameters
+
+    defaults = chapter_parameters(BOOK / f"{chapter}.ipynb")
+    path = _paper_file(chapter)
+    params = resolve_parameters(defaults, [str(path)], {}, chapter)
+    for key, value in PAPER[chapter].items():
+        assert params[key] == value, key
+    # every piece the header tells to run names parameters of the chapter
+    pieces = [line for line in path.read_text().splitlines() if line.startswith("#") and re.search(r" -p \w+=", line)]
+    assert pieces
+    for line in pieces:
+        overrides = parse_overrides(re.findall(r"-p (\w+=\S+)", line))
+        resolve_parameters(defaults, [str(path)], overrides, chapter)
+
+
+def _train_results():
+    out = {}
+    for name in ("train_step_cpu.json", "train_step_sa_vae_cpu.json"):
+        out.update(json.loads((ROOT / "benchmarks" / "results" / name).read_text())["results"]["cpu"])
+    return out
+
+
+@pytest.mark.parametrize("chapter,prefix,images", [("07_lidgmvae_pinwheel", "pinwheel-", 50_000 * 100),
+                                                   ("08_images", "", 20_000 * 100)])
+def test_paper_yaml_costs_are_the_committed_measurements(chapter, prefix, images):
+    """The header's CPU rates are the committed benchmark's, its hours follow from them, and its GPU numbers are
+    the benchmark's stated estimate (max(operators x 10 us, FLOPs / 15 TFLOP/s) per step)."""
+    spec = importlib.util.spec_from_file_location("train_step_estimate", ROOT / "benchmarks" / "train_step.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    gpu_estimate_ms = module.gpu_estimate_ms
+    results = _train_results()
+    rows = _COST.findall(_paper_file(chapter).read_text())
+    assert len(rows) >= 2
+    for method, rate, hours, ms, minutes in rows:
+        key = prefix + ("gmvae" if method == "beta_vae" else method)      # the beta-GMVAE is the GMVAE's model
+        r = results[key]
+        assert int(rate) == round(r["new"]["images_per_s"]), method
+        assert math.isclose(float(hours), images / r["new"]["images_per_s"] / 3600, abs_tol=0.05), method
+        est = gpu_estimate_ms(r["profile"])
+        assert math.isclose(float(ms), est, abs_tol=0.05), method
+        assert math.isclose(float(minutes), images / 100 * est / 60_000, abs_tol=0.05), method
