@@ -229,12 +229,15 @@ class Result:
         """Why the label was chosen, where ``environment.json`` says (``"scale_note"``), else ``None``."""
         return self.environment.get("scale_note")
 
-    def provenance(self) -> str:
+    def provenance(self, seeds_parameter: str | None = None) -> str:
         """One line for a caption under a table or figure: the scale first, then the folder, commit(s), device,
         seeds and wall time, and the scale note if there is one.
 
+        ``seeds_parameter``: the parameter that lists the seeds this result's numbers come from, for a chapter
+        section that loops over its own seed list (e.g. ``"ablation_seeds"``); default ``seeds``, else ``seed``.
+
         Raises:
-            ValueError: the folder records no valid scale label.
+            ValueError: the folder records no valid scale label; ``seeds_parameter`` is not a parameter of the run.
         """
         scale = self.scale
         env = self.environment
@@ -242,7 +245,13 @@ class Result:
         runs = env.get("runs") or [env]
         dev = runs[0].get("device") or {}
         device = ", ".join(dev.get("torch_cuda") or []) or f"CPU ({dev.get('cpu_count', '?')} cores)"
-        seeds = self.params.get("seeds") or [self.params.get("seed")]
+        if seeds_parameter is not None:
+            if seeds_parameter not in self.params:
+                raise ValueError(f"{seeds_parameter!r} is not a parameter of {self.path}; "
+                                 f"known: {', '.join(sorted(self.params))}")
+            seeds = self.params[seeds_parameter]
+        else:
+            seeds = self.params.get("seeds") or [self.params.get("seed")]
         wall = env.get("wall_time_s_total", env.get("wall_time_s"))
         dirty = " (uncommitted changes)" if env.get("dirty") or (env.get("git") or {}).get("dirty") else ""
         failed = env.get("failed") or []

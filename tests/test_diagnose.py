@@ -196,7 +196,7 @@ def test_mixture_kl_per_dimension_analytic_matches_moment_matching():
 
 def test_lidgmvae_has_no_flat_continuous_latent():
     model = build_mixture_vae("lidgmvae", 6, 2, 3, "gaussian", depth=1, encoder="gaussian", encoder_hidden=(16,),
-                              cluster_hidden=(16,), icnn_width=8, seed=0)
+                              cluster_hidden=(16,), icnn_width=8, seed=0, prior="learned")   # 3 clusters > K = 2
     x = torch.randn(60, 6, generator=torch.Generator().manual_seed(1))
     d = diagnose(model, x, n_samples=2, iwae_samples=4)
     assert not d.flat[:2].any() and (d.sensitivity[:2] > 0).all()

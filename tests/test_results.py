@@ -216,3 +216,10 @@ def test_failed_runs_are_admitted_only_on_request_and_then_listed(tmp_path):
     assert env["failed"] == [{"seed": 1, "status": "failed: PapermillExecutionError"}]
     res = load_result("07_lidgmvae_pinwheel", "cpu", root=tmp_path / "results")
     assert res.metrics["acc"]["n"] == 2 and "failed after writing their metrics: seeds [1]" in res.provenance()
+
+
+def test_provenance_names_the_seeds_of_a_chosen_parameter():
+    res = load_result("08_images", "cpu_ablation")
+    assert f"seeds {res.params['ablation_seeds']}" in res.provenance(seeds_parameter="ablation_seeds")
+    with pytest.raises(ValueError, match="not a parameter"):
+        res.provenance(seeds_parameter="no_such_seeds")
