@@ -92,3 +92,23 @@ def test_papermill_sees_every_parameter(md):
     seen = {p.name for p in PythonTranslator.inspect(cell)}
     missed = set(chapter_parameters(md.with_suffix(".ipynb"))) - seen
     assert not missed, f"{md.name}: papermill cannot parse the lines of {sorted(missed)} (avoid '=' and '<' in comments)"
+
+
+def test_book_build_ignores_what_the_tools_leave_in_the_clone():
+    """A second `make test` in one clone: pytest's cache README and the like must not become book pages."""
+    from sphinx.util.matching import Matcher
+
+    config = yaml.safe_load((ROOT / "_config.yml").read_text())
+    match = Matcher(config["exclude_patterns"])
+
+    def matcher(path: str) -> bool:   # Sphinx skips a whole folder that a pattern matches
+        parts = path.split("/")
+        return any(match("/".join(parts[:i])) for i in range(1, len(parts) + 1))
+    left_by_tools = [".pytest_cache/README.md", ".hypothesis/notes.md", ".benchmarks/x.md", ".make/x.md",
+                     "lidvae_mini.egg-info/PKG-INFO.md", "runs/07/seed_0/07_lidgmvae_pinwheel.ipynb"]
+    assert [p for p in left_by_tools if not matcher(p)] == []
+    toc = set(toc_files())
+    stray = [str(p.relative_to(ROOT)) for p in ROOT.rglob("*.md")
+             if ".git" not in p.parts and p.with_suffix("").relative_to(ROOT).as_posix() not in toc
+             and not matcher(p.relative_to(ROOT).as_posix())]
+    assert stray == [], f"markdown files the book build would read but no toc lists: {stray}"
