@@ -447,6 +447,10 @@ def test_cluster_two_seed_sweep_of_a_real_chapter_then_rerun_skips_all(cluster, 
     out, agg = tmp_path / "out", tmp_path / "results" / "01_theorem" / "ci_seeds"
     args = ("01_theorem", "--seeds", "0-1", "--out", out, "--address", cluster["client"], "--aggregate-to", agg)
     res = _run_sweep(*args)
+    if res.returncode != 0 and "Starting Ray client server failed" in res.stdout + res.stderr:
+        # Ray's client proxier sometimes fails to start its per-job server on first contact (seen once in four
+        # CI runs on a busy 2-core machine); nothing was submitted then, so one more connection is the same sweep.
+        res = _run_sweep(*args)
     assert res.returncode == 0, res.stdout + res.stderr
     assert "2 runs: 0 skipped (finished before), 2 completed, 0 failed" in res.stdout
     nodes = set()
