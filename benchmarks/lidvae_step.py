@@ -37,6 +37,8 @@ from lidvae_mini.decoders import InjectiveDecoder, MLPDecoder, count_parameters,
 from lidvae_mini.encoders import GaussianEncoder
 from lidvae_mini.vae import VAE
 
+from _memory import saved_storage_mib  # benchmarks/ is on sys.path when a script here runs
+
 B, D, K = 100, 784, 64
 ENC_HIDDEN = (512, 512)
 LID_HIDDEN1, LID_HIDDEN2 = (256, 256), (512, 512)
@@ -106,18 +108,7 @@ def saved_tensor_mib(config: str, device: str = "cpu") -> float:
     excluded): the activation memory held from forward to backward, the part that differs between
     decoders. Measured with ``torch.autograd.graph.saved_tensors_hooks``."""
     model, opt, x = build(config, device)
-    params = {p.untyped_storage().data_ptr() for p in model.parameters()}
-    seen: dict[int, int] = {}
-
-    def pack(t):
-        st = t.untyped_storage()
-        if st.data_ptr() not in params:
-            seen[st.data_ptr()] = max(seen.get(st.data_ptr(), 0), st.nbytes())
-        return t
-
-    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-        step(model, opt, x)
-    return sum(seen.values()) / 2**20
+    return saved_storage_mib(model, lambda: step(model, opt, x))[0]
 
 
 def main() -> None:

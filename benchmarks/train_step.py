@@ -62,6 +62,7 @@ import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _memory import saved_storage_mib  # noqa: E402
 from legacy_fit import legacy_fit  # noqa: E402
 
 from lidvae_mini.train import fit  # noqa: E402
@@ -142,21 +143,11 @@ def cpu_memory_mib(model, x, binarize) -> dict:
     xb = torch.as_tensor(x[:BATCH])
     if binarize == "dynamic":
         xb = torch.bernoulli(xb, generator=torch.Generator().manual_seed(0))
-    params = {p.untyped_storage().data_ptr() for p in model.parameters()}
-    seen: dict[int, int] = {}
-
-    def pack(t):
-        st = t.untyped_storage()
-        if st.data_ptr() not in params:
-            seen[st.data_ptr()] = max(seen.get(st.data_ptr(), 0), st.nbytes())
-        return t
-
-    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-        loss, _ = model.loss(xb)
+    activations, (loss, _) = saved_storage_mib(model, lambda: model.loss(xb))
     loss.backward()
     model.zero_grad(set_to_none=True)
     n_params = sum(p.numel() for p in model.parameters())
-    return {"activations_mib": sum(seen.values()) / 2**20, "state_mib": 4 * n_params * 4 / 2**20,
+    return {"activations_mib": activations, "state_mib": 4 * n_params * 4 / 2**20,
             "parameters": n_params}
 
 
