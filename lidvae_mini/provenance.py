@@ -47,17 +47,76 @@ def _plain(obj):
     return obj
 
 
-def save_metrics(metrics: dict, out_dir: str | os.PathLike | None) -> Path | None:
-    """Write ``metrics`` to ``out_dir/metrics.json`` (sorted keys, arrays as lists).
+def metrics_json(metrics: dict) -> str:
+    """The text of ``metrics.json`` for ``metrics``: NumPy/JAX values as plain numbers and lists, NaN/inf as
+    ``null``, sorted keys (floats written exactly, so ``json.loads`` gives back the same numbers)."""
+    return json.dumps(_plain(metrics), indent=2, sort_keys=True) + "\n"
 
-    Returns the path, or ``None`` when ``out_dir`` is ``None`` (a chapter run interactively).
+
+def save_metrics(metrics: dict, out_dir: str | os.PathLike | None) -> Path | None:
+    """Write ``metrics`` to ``out_dir/metrics.json`` (:func:`metrics_json`: sorted keys, arrays as lists).
+
+    With ``out_dir=None`` (the book build, or a reader running the chapter) nothing is written; inside a Jupyter
+    kernel the same JSON is recorded as a hidden output of the calling cell (:func:`record_metrics`), which the
+    book build keeps in its execution cache and the determinism test reads back.
+
+    Returns the path, or ``None`` when ``out_dir`` is ``None``.
     """
     if out_dir is None:
+        record_metrics(metrics)
         return None
     path = Path(out_dir) / METRICS_FILE
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(_plain(metrics), indent=2, sort_keys=True) + "\n")
+    path.write_text(metrics_json(metrics))
     return path
+
+
+#: Name of the hidden output that :func:`record_metrics` adds to a chapter's metrics cell.
+METRICS_RECORD = "lidvae_metrics"
+# myst-nb's convention for glued data that is not displayed ("application/papermill.record/" + MIME type,
+# ``metadata.scrapbook``): the book build strips such an output from the page, and a notebook front end has no
+# renderer for the prefixed type, so it shows nothing.
+_RECORD_PREFIX = "application/papermill.record/"
+
+
+def record_metrics(metrics: dict) -> bool:
+    """Record ``metrics`` (as :func:`metrics_json` text) as a hidden output of the running notebook cell.
+
+    Does nothing outside a Jupyter kernel. Returns whether an output was recorded. Read it back from an executed
+    notebook with :func:`recorded_metrics`.
+    """
+    try:
+        from IPython import get_ipython
+    except ImportError:  # pragma: no cover - IPython is there whenever a kernel is
+        return False
+    shell = get_ipython()
+    if shell is None or getattr(shell, "kernel", None) is None:
+        return False
+    from IPython.display import display
+
+    display({_RECORD_PREFIX + "text/plain": metrics_json(metrics)}, raw=True,
+            metadata={"scrapbook": {"name": METRICS_RECORD, "mime_prefix": _RECORD_PREFIX}})
+    return True
+
+
+def recorded_metrics(notebook) -> dict | None:
+    """The metrics recorded by :func:`record_metrics` in an executed notebook (an ``nbformat`` notebook), or
+    ``None`` when it holds no record (a chapter that saves no metrics, or an unexecuted notebook).
+
+    Raises:
+        ValueError: the notebook holds more than one record.
+    """
+    found = []
+    for cell in notebook.cells:
+        for output in cell.get("outputs", []) if cell.get("cell_type") == "code" else []:
+            meta = output.get("metadata", {}).get("scrapbook", {})
+            if meta.get("name") == METRICS_RECORD:
+                text = output.get("data", {}).get(_RECORD_PREFIX + "text/plain")
+                found.append(json.loads("".join(text) if isinstance(text, list) else text))
+    if len(found) > 1:
+        raise ValueError(f"the notebook holds {len(found)} '{METRICS_RECORD}' records; a chapter saves its metrics "
+                         "once")
+    return found[0] if found else None
 
 
 def check_scale(scale) -> str:
