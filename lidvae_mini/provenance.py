@@ -25,8 +25,8 @@ SCALES = {
     "cpu": "larger than the chapter defaults, below the paper's data size, model size, epochs or seed count",
     "paper": "the paper's data size, model size, epochs and seed count",
 }
-#: Top-level keys of a chapter's metrics that are not results: ``params`` echoes the parameters, ``paper`` holds
-#: the paper's numbers for comparison.
+#: Top-level keys of a chapter's metrics that are not results (``params`` echoes the parameters, ``paper`` holds
+#: the paper's numbers for comparison).
 NON_RESULT_KEYS = ("params", "paper")
 TRACKED_PACKAGES = ("lidvae-mini", "numpy", "scipy", "jax", "jaxlib", "numpyro", "arviz", "torch",
                     "matplotlib", "papermill", "jupyter-book")
