@@ -908,7 +908,7 @@ def fit_baseline(trainer: str, model, train_x, valid_x=None, *, select_best: boo
 
 
 # ---------------------------------------------------------------------------------- image experiments (ch. 08)
-#: The rows of the images chapter (paper Tables 1-2) and of its 2 x 2 ablation: name -> (model kind, trainer,
+#: The rows of the images chapter (paper Tables 1-2) and of its 2 x 2 ablation, name -> (model kind, trainer,
 #: prior ``p(w|y)``). The baselines are GMVAE variants with learned cluster priors, as in the official code; the
 #: ``"lidgmvae"`` row is the paper's Example 1 (fixed zero-one ``beta_1``, needs ``num_clusters <= latent_dim``) and
 #: ``"lidgmvae_learned"`` its learned-prior variant (the ``"lidgmvae"`` of the book's results committed before

@@ -150,14 +150,15 @@ class InjectiveDecoder(_LikelihoodHead):
         hidden2: ICNN hidden widths of :math:`\\psi_2` (:math:`g_2: \\mathbb{R}^D\\to\\mathbb{R}^D`).
         head: ``"bernoulli"``, ``"gaussian"`` or ``"categorical"``.
         alpha: strong-monotonicity constant of both Brenier maps (default 0.1).
-        learn_scale / fixed_scale: Gaussian head only; ``fixed_scale`` (a positive float) takes precedence.
+        learn_scale: Gaussian head only (see ``fixed_scale``).
+        fixed_scale: Gaussian head only; a positive float, takes precedence over ``learn_scale``.
         negative_slope, activation, grad_mode: passed to :class:`~lidvae_mini.brenier.BrenierMap`.
 
     ``beta`` (buffer, ``(K, D)``) is ``torch.eye(K, D)``. ``forward(z)``: ``(B, K) -> (B, D)``.
 
     Raises:
         ValueError: ``K > D`` (no injective linear map), bad sizes or head; at call time, see
-            :meth:`log_prob`.
+            ``log_prob``.
     """
 
     def __init__(self, latent_dim: int, data_dim: int, hidden1=(64, 64), hidden2=(256, 256),

@@ -56,7 +56,7 @@ GENERATING = {
     "overlap": {"weight": 0.85, "mu": (-0.5, 0.5), "sigma": (1.0, 1.0)},
     "nonoverlap": {"weight": 0.85, "mu": (-10.0, 10.0), "sigma": (1.0, 1.0)},
 }
-"""Generating processes of the official R scripts: weight of component 1 (the lower mean), means, sds."""
+"""Generating processes of the official R scripts (weight of component 1, the lower mean; means; sds)."""
 
 DEFAULT_SEED = 689934
 """Default NumPy seed of :func:`simulate`: the official R scripts' ``set.seed(689934)`` (R's stream differs)."""

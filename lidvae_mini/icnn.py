@@ -86,7 +86,7 @@ class ICNN(nn.Module):
 
     Raises:
         ValueError: non-positive ``dim``/widths/``alpha``, ``negative_slope`` outside ``[0, 1)``, unknown
-            ``activation``; at call time, inputs failing :func:`check_batch`.
+            ``activation``; at call time, inputs failing :func:`~lidvae_mini._checks.check_batch`.
     """
 
     def __init__(self, dim: int, hidden=(64, 64), alpha: float = 0.1, negative_slope: float = 0.2,

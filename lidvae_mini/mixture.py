@@ -335,7 +335,7 @@ class MixtureVAE(DecoderFacts, nn.Module):
         return {"elbo": rec - kl, "rec": rec, "kl": kl, "kl_y": kl_y, "kl_w": kl_w, "entropy_y": ent}
 
     def elbo(self, x: torch.Tensor, n_samples: int = 1) -> torch.Tensor:
-        """The evidence lower bound per datapoint (β = 1 whatever :attr:`beta`), shape (B,), nats."""
+        """The evidence lower bound per datapoint (β = 1 whatever ``beta``), shape (B,), nats."""
         return self.elbo_parts(x, n_samples)["elbo"]
 
     def loss(self, x: torch.Tensor, n_samples: int = 1) -> tuple[torch.Tensor, dict]:

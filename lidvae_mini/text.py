@@ -213,8 +213,8 @@ class LIDSDecoder(_Decoder):
     * ``f``: an LSTM over the embeddings of the history that **never sees z** (initial state a learned constant);
       ``f(x_<t) in R^H``.
     * ``g_1``: a Brenier map on ``R^{K+H}``; ``beta_2``: the fixed ``(K+H) x D`` zero-one matrix ``eye(K+H, D)``
-      (a registered buffer, never trained); ``g_2``: a Brenier map on ``R^D`` (:class:`~lidvae_mini.brenier.
-      BrenierMap`, explicit ICNN gradient, one batched call for all ``B x T`` tokens).
+      (a registered buffer, never trained); ``g_2``: a Brenier map on ``R^D``
+      (:class:`~lidvae_mini.brenier.BrenierMap`, explicit ICNN gradient, one batched call for all ``B x T`` tokens).
     * ``construction="minimal"`` (default): ``D = V - 1`` and the logits are ``[0, g_2(...)]`` (token 0,
       ``<pad>``, fixed at logit 0): ``z -> p(x_t | z, x_<t)`` is injective for every history. ``"naive"``:
       ``D = V`` free logits (the official code), for which the paper's injectivity argument fails.
@@ -328,8 +328,8 @@ class TextVAE(nn.Module):
         return (-0.5 * (z ** 2 + LOG_2PI)).sum(-1) + self.decoder.log_prob(x, z)
 
     def iwae_log_likelihood(self, x, num_samples: int = 100, chunk: int = 50, seed=None) -> torch.Tensor:
-        """Importance-weighted log p(x) per sentence, ``(B,)`` float64 nats (:func:`lidvae_mini.metrics.
-        iwae_log_likelihood`, proposal q(z|x))."""
+        """Importance-weighted log p(x) per sentence, ``(B,)`` float64 nats
+        (:func:`lidvae_mini.metrics.iwae_log_likelihood`, proposal q(z|x))."""
         def sample_fn(xx, s):
             z, log_q, _, _ = self.sample_posterior(xx, s)
             return z, log_q

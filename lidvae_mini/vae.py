@@ -127,7 +127,8 @@ class VAE(DecoderFacts, nn.Module):
 
     def encode_mean(self, x: torch.Tensor, n_samples: int = MEAN_SAMPLES) -> torch.Tensor:
         """Posterior means ``E_q[z|x]``, shape (B, K): exact for a Gaussian encoder, a Monte Carlo average of
-        ``n_samples`` draws, common to all datapoints, for the RealNVP encoder (:meth:`ConditionalRealNVP.mean`). Their variance over x defines the active units."""
+        ``n_samples`` draws, common to all datapoints, for the RealNVP encoder
+        (:meth:`~lidvae_mini.encoders.ConditionalRealNVP.mean`). Their variance over x defines the active units."""
         self.check_x(x)
         return self.encoder.mean(x, n_samples=n_samples)
 
@@ -174,7 +175,7 @@ class VAE(DecoderFacts, nn.Module):
         return {"elbo": rec - kl, "rec": rec, "kl": kl}
 
     def elbo(self, x: torch.Tensor, n_samples: int = 1) -> torch.Tensor:
-        """The evidence lower bound per datapoint (β = 1 whatever :attr:`beta`), shape (B,), nats."""
+        """The evidence lower bound per datapoint (β = 1 whatever ``beta``), shape (B,), nats."""
         return self.elbo_parts(x, n_samples)["elbo"]
 
     def loss(self, x: torch.Tensor, n_samples: int = 1) -> tuple[torch.Tensor, dict]:

@@ -224,7 +224,7 @@ def downsample_area(images: np.ndarray, size: int, chunk: int = 2048) -> np.ndar
 
 
 def load_omniglot(split: str = "background", size: int = 28, data_dir=None, verify: bool = True):
-    """Omniglot characters (Lake et al. 2015) from the 105×105 npz conversion, downsampled to ``size``².
+    """Omniglot characters (Lake et al. 2015) from the 105×105 npz conversion, downsampled to ``size`` × ``size``.
 
     Ink is 1 and background 0 (the npz stores white = True, so it is inverted); each 105×105 image is
     reduced by exact area averaging (:func:`downsample_area`), giving grey values in [0, 1].

@@ -13,6 +13,7 @@ import numpy as np
 
 from .._checks import check_choice
 
+#: The official PPCA and GMM inputs shipped with the package (name -> description), for :func:`load_official`.
 OFFICIAL_DATASETS = {
     "oned_ppca": "PPCA data generated with one latent dimension (x: (500, 5), noise sd 0.1)",
     "twod_ppca": "PPCA data generated with two latent dimensions (x: (500, 5), noise sd 0.1)",

@@ -172,7 +172,7 @@ class TextSplit:
 
     @property
     def n_tokens(self) -> int:
-        """Predicted tokens: words plus ``</s>`` (``<s>`` is given, not predicted) -- the perplexity's count."""
+        """Predicted tokens, words plus ``</s>`` (``<s>`` is given, not predicted): the perplexity's count."""
         return sum(len(s) - 1 for s in self.ids)
 
 
