@@ -8,8 +8,8 @@ Usage::
 
 CHAPTER is a chapter's file stem in ``book/``. Parameters come from the chapter's single
 ``parameters`` cell; ``-f`` YAML files are applied in order, then ``-p key=value`` (values parsed as
-YAML: ``-p n=1e5`` is a float, ``-p data=official`` a string). The run folder (default
-``runs/CHAPTER/<UTC timestamp>/``) receives
+YAML: ``-p n=1e5`` is a number, made an int where the chapter expects one; ``-p data=official`` a string). The
+run folder (``--out``, default ``runs/CHAPTER/<UTC timestamp>/``) receives
 
 - ``CHAPTER.ipynb``: the executed notebook;
 - ``params.yaml``: every parameter's resolved value (defaults included);
@@ -17,9 +17,16 @@ YAML: ``-p n=1e5`` is a float, ``-p data=official`` a string). The run folder (d
 - ``environment.json``: commit, package versions, devices, command line, start time, wall time, ``status``
   and ``scale``.
 
-Checks before anything runs (no run folder is made; exit status 2 for bad input, 1 for missing data):
+Checks before anything runs (no run folder is made, no kernel started; exit status 2 and a one-line message for
+bad input, 1 for missing data):
 
-- an unknown chapter or parameter;
+- an unknown chapter or parameter, a ``-f`` file that is missing or not a YAML mapping, a ``-p`` without ``=``;
+- every parameter's **type and value** against the chapter's spec (:data:`lidvae_mini.parameters.SPECS`, which
+  the chapter checks too, in the cell after its parameters): ``-p seed=1.5``, ``-p sigmas=1.5``, ``-p n=abc``,
+  ``-p sigma=-1`` or ``-p device=cuda`` on a machine without CUDA are refused, naming the parameter and what
+  was expected;
+- ``--out``: a folder that holds another run (any of its files) is refused unless ``--overwrite``; a non-empty
+  folder that is not a run folder is always refused (nothing of it would survive);
 - **data**: the datasets the resolved parameters ask for (:data:`CHAPTER_DATASETS`: e.g. ``datasets`` and, when
   the depth sweep runs, ``sweep_dataset`` of ``08_images``) must be known names whose files are all on disk in
   the chapter's data folder (its ``data_dir`` parameter, else ``$LIDVAE_DATA``, else ``~/.cache/lidvae_mini``).
@@ -31,6 +38,12 @@ The **scale** (``ci``, ``cpu`` or ``paper``; see :data:`lidvae_mini.provenance.S
 claimed with ``--scale paper`` (only for the paper's data size, model size, epochs and seed count), and
 ``--scale cpu`` or ``paper`` at the chapter defaults is an error.
 
+**No mixed outputs.** The run writes into a hidden sibling ``.NAME.partial`` of its folder ``NAME`` (the chapter's
+``out_dir`` points there while it runs; ``params.yaml`` records the final folder) and is renamed into place when
+the notebook stops, completed or failed. A run killed before that (SIGKILL, power loss) leaves ``NAME`` as it
+was, never half-replaced; the next run into ``NAME`` removes the stale sibling. With ``--overwrite`` the earlier
+run is replaced only when the new one has stopped.
+
 After the notebook ran, the status is ``completed`` only if the chapter wrote a ``metrics.json`` that holds a
 result (:func:`lidvae_mini.provenance.metrics_have_results`: a number outside ``params`` and ``paper``);
 otherwise it is ``failed: no results`` and the command exits with status 1.
@@ -41,7 +54,9 @@ import argparse
 import datetime as _dt
 import json
 import os
+import shutil
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -49,6 +64,7 @@ import yaml
 
 from .data import DATASETS, MissingDataError, require_dataset
 from .data.paths import ENV_VAR as DATA_ENV_VAR
+from .parameters import SPECS, check as check_spec, spec_from_defaults
 from .provenance import METRICS_FILE, SCALES, check_scale, environment_info, metrics_have_results
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -112,8 +128,12 @@ def parse_overrides(pairs: list[str]) -> dict:
     for pair in pairs:
         key, sep, value = pair.partition("=")
         if not sep or not key.strip():
-            raise ReproduceError(f"parameter {pair!r} is not of the form key=value")
-        parsed = yaml.safe_load(value) if value.strip() else ""
+            raise ReproduceError(f"-p {pair!r} is not of the form key=value (e.g. -p n=100)")
+        try:
+            parsed = yaml.safe_load(value) if value.strip() else ""
+        except yaml.YAMLError as err:
+            raise ReproduceError(f"parameter {pair!r}: the value is not valid YAML "
+                                 f"({str(err).splitlines()[0]})") from None
         if isinstance(parsed, str):  # YAML 1.1 reads "1e5" as a string
             try:
                 parsed = float(parsed)
@@ -144,9 +164,16 @@ def resolve_parameters(defaults: dict, files: list[str], overrides: dict, chapte
     resolved = {k: _listify(v) for k, v in defaults.items()}
     layers = []
     for f in files:
-        data = yaml.safe_load(Path(f).read_text()) or {}
+        try:
+            data = yaml.safe_load(Path(f).read_text())
+        except OSError as err:
+            raise ReproduceError(f"parameter file {f} cannot be read: {err.strerror or err}") from None
+        except (yaml.YAMLError, UnicodeDecodeError) as err:
+            raise ReproduceError(f"parameter file {f} is not valid YAML: {' '.join(str(err).split())}") from None
+        data = {} if data is None else data
         if not isinstance(data, dict):
-            raise ReproduceError(f"{f} must hold a mapping of parameter names to values")
+            raise ReproduceError(f"parameter file {f} must hold a mapping of parameter names to values, "
+                                 f"got {type(data).__name__}")
         layers.append((f, data))
     layers.append(("-p", overrides))
     for origin, layer in layers:
@@ -156,6 +183,23 @@ def resolve_parameters(defaults: dict, files: list[str], overrides: dict, chapte
                                  f"known: {', '.join(sorted(defaults))}")
         resolved.update({k: _listify(_coerce(v, defaults[k])) for k, v in layer.items()})
     return resolved
+
+
+def check_parameters(chapter: str, params: dict, defaults: dict | None = None, cuda_here: bool = True) -> dict:
+    """Every resolved parameter's type and value, checked against the chapter's spec
+    (:data:`lidvae_mini.parameters.SPECS`; a chapter without one: the kind of its default,
+    :func:`lidvae_mini.parameters.spec_from_defaults`). Returns ``params`` with integral floats made ints where
+    an integer is expected. ``cuda_here=False`` checks only the form of a CUDA ``device`` (a sweep driver).
+
+    Raises:
+        ReproduceError: one line naming the chapter, the parameter, the value and what was expected.
+    """
+    spec = None if chapter in SPECS else spec_from_defaults(defaults if defaults is not None else params)
+    try:
+        checked = check_spec(chapter, params, coerce=True, spec=spec, cuda_here=cuda_here)
+    except ValueError as err:
+        raise ReproduceError(str(err)) from None
+    return {**params, **{k: _listify(v) for k, v in checked.items()}}
 
 
 def datasets_needed(chapter: str, params: dict) -> list[tuple[str, str]]:
@@ -251,30 +295,81 @@ def _describe(book: Path) -> str:
     return "\n".join(lines)
 
 
+#: Files a run folder holds; a folder with any of them holds a run.
+RUN_FILES = ("params.yaml", METRICS_FILE, "environment.json")
+
+
+def _partial_dir(out_dir: Path) -> Path:
+    """The hidden sibling a run into ``out_dir`` writes to until the notebook stops."""
+    return out_dir.parent / f".{out_dir.name}.partial"
+
+
+def check_out_dir(out_dir: str | Path, overwrite: bool = False) -> Path:
+    """Refuse a run folder that would mix or destroy outputs; return it as an absolute path.
+
+    Raises:
+        ReproduceError: ``out_dir`` is a file; a non-empty folder that is not a run folder (it holds none of
+            :data:`RUN_FILES` and no notebook); a folder that holds another run, unless ``overwrite``; another
+            ``reproduce`` run is writing into it now.
+    """
+    out_dir = Path(out_dir).expanduser().resolve()
+    if out_dir.exists() and not out_dir.is_dir():
+        raise ReproduceError(f"--out {out_dir} exists and is not a folder")
+    if out_dir.is_dir() and any(out_dir.iterdir()):
+        holds_run = any((out_dir / f).exists() for f in RUN_FILES) or any(out_dir.glob("*.ipynb"))
+        if not holds_run:
+            raise ReproduceError(f"--out {out_dir} is a non-empty folder that is not a run folder; choose a new or "
+                                 "empty folder")
+        if not overwrite:
+            raise ReproduceError(f"--out {out_dir} holds another run; choose a new folder, or pass --overwrite to "
+                                 "replace it (when the new run stops)")
+    pid_file = _partial_dir(out_dir) / ".pid"
+    try:
+        pid = int(pid_file.read_text())
+    except (OSError, ValueError):
+        pid = None
+    if pid is not None and pid != os.getpid() and _alive(pid):
+        raise ReproduceError(f"--out {out_dir}: another reproduce run (process {pid}) is writing into it")
+    return out_dir
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:   # exists, owned by another user
+        return True
+    return True
+
+
 def run(chapter: str, overrides: dict | None = None, param_files: list[str] | None = None,
         out: str | Path | None = None, book: str | Path | None = None, timeout: int | None = None,
-        scale: str | None = None) -> Path:
+        scale: str | None = None, overwrite: bool = False) -> Path:
     """Execute ``chapter`` with papermill and return the run folder (see module docstring).
 
     ``scale``: ``"ci"``, ``"cpu"`` or ``"paper"``, recorded in ``environment.json``; ``None`` infers it
-    (:func:`infer_scale`).
+    (:func:`infer_scale`). ``overwrite``: replace a run already in ``out`` (once the new run has stopped).
 
     Raises:
-        ReproduceError: unknown chapter, parameter, dataset or scale, before anything runs.
+        ReproduceError: unknown chapter, parameter, dataset or scale, a value outside the chapter's spec
+            (:func:`check_parameters`), an unreadable parameter file, or an ``out`` holding another run (without
+            ``overwrite``), before anything runs.
         MissingDataError: a data file the run needs is absent, before anything runs (no run folder is made).
         papermill.PapermillExecutionError: a cell failed (the partial notebook is kept in the run folder).
         RunFailed: the notebook ran but wrote no ``metrics.json``, or one without results; ``environment.json``
             then records ``status: "failed: no results"``.
     """
-    import papermill as pm
-
     bdir = book_dir(book)
     known = chapters(bdir)
     if chapter not in known:
         raise ReproduceError(f"unknown chapter {chapter!r}; choose one of: {', '.join(known)}")
     defaults = chapter_parameters(known[chapter])
     params = resolve_parameters(defaults, param_files or [], overrides or {}, chapter)
+    params = check_parameters(chapter, params, defaults)
     scale, changed = infer_scale(defaults, params, scale)
+    stamp = _dt.datetime.now(_dt.timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+    out_dir = check_out_dir(out if out else Path("runs") / chapter / stamp, overwrite)
     here = Path.cwd()
     if "data_dir" in params:
         params["data_dir"] = _absolute_data_dir(params["data_dir"], here)
@@ -283,35 +378,65 @@ def run(chapter: str, overrides: dict | None = None, param_files: list[str] | No
         os.environ[DATA_ENV_VAR] = _absolute_data_dir(saved_env, here)
     try:
         check_data(chapter, params)
-        return _execute(pm, chapter, known[chapter], bdir, defaults, params, scale, changed, out, timeout)
+        import papermill as pm
+
+        return _execute(pm, chapter, known[chapter], bdir, defaults, params, scale, changed, out_dir, stamp,
+                        timeout)
     finally:
         if saved_env:
             os.environ[DATA_ENV_VAR] = saved_env
 
 
-def _execute(pm, chapter, notebook, bdir, defaults, params, scale, changed, out, timeout) -> Path:
-    stamp = _dt.datetime.now(_dt.timezone.utc).strftime("%Y%m%dT%H%M%SZ")
-    out_dir = Path(out) if out else Path("runs") / chapter / stamp
-    out_dir = out_dir.resolve()
-    out_dir.mkdir(parents=True, exist_ok=True)
+def _kernel_config(folder: Path):
+    """Kernel over IPC sockets in ``folder`` (POSIX): no TCP port, and no "running over TCP without encryption"
+    warning from ipykernel on the console. ``None`` (papermill's default, TCP on localhost) elsewhere."""
+    if os.name != "posix":
+        return None
+    from traitlets.config import Config
+
+    return Config({"KernelManager": {"transport": "ipc", "ip": str(folder / "kernel")}})
+
+
+def _publish(work: Path, out_dir: Path) -> None:
+    """Move the finished ``work`` folder to ``out_dir``, replacing what was there (see module docstring)."""
+    (work / ".pid").unlink(missing_ok=True)
+    old = out_dir.parent / f".{out_dir.name}.old"
+    if old.exists():
+        shutil.rmtree(old)
+    if out_dir.exists():
+        os.replace(out_dir, old)
+    os.replace(work, out_dir)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def _execute(pm, chapter, notebook, bdir, defaults, params, scale, changed, out_dir, stamp, timeout) -> Path:
+    work = _partial_dir(out_dir)
+    if work.exists():   # left by a killed run (check_out_dir refused a live one)
+        shutil.rmtree(work)
+    work.mkdir(parents=True)
+    (work / ".pid").write_text(str(os.getpid()))
     if "out_dir" in defaults:
         params["out_dir"] = str(out_dir)
-    (out_dir / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=True))
+    (work / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=True))
+    if "out_dir" in defaults:
+        params["out_dir"] = str(work)   # the chapter writes here until the run is published
     env = environment_info(bdir)
     env.update(chapter=chapter, command=sys.argv, started_utc=stamp, scale=scale, changed_parameters=changed)
     start = time.perf_counter()
     try:
-        pm.execute_notebook(str(notebook), str(out_dir / f"{chapter}.ipynb"), parameters=params,
-                            cwd=str(bdir), kernel_name="python3", log_output=True, progress_bar=False,
-                            execution_timeout=timeout)
+        with tempfile.TemporaryDirectory(prefix="lidvae-kernel-") as sockets:
+            config = _kernel_config(Path(sockets))
+            pm.execute_notebook(str(notebook), str(work / f"{chapter}.ipynb"), parameters=params,
+                                cwd=str(bdir), kernel_name="python3", log_output=True, progress_bar=False,
+                                execution_timeout=timeout, **({"config": config} if config is not None else {}))
         if "out_dir" in defaults:
-            metrics_path = out_dir / METRICS_FILE
+            metrics_path = work / METRICS_FILE
             if not metrics_path.exists():
                 raise RunFailed(f"{chapter} finished but wrote no {METRICS_FILE} to {out_dir}")
             if not metrics_have_results(json.loads(metrics_path.read_text())):
-                raise RunFailed(f"{chapter} finished but its {metrics_path} holds no results (no number outside "
-                                "'params' and 'paper'): did it skip every section? See the executed notebook "
-                                f"{out_dir / (chapter + '.ipynb')}")
+                raise RunFailed(f"{chapter} finished but its {out_dir / METRICS_FILE} holds no results (no number "
+                                "outside 'params' and 'paper'): did it skip every section? See the executed "
+                                f"notebook {out_dir / (chapter + '.ipynb')}")
         env["status"] = "completed"
     except RunFailed:
         env["status"] = "failed: no results"
@@ -321,7 +446,8 @@ def _execute(pm, chapter, notebook, bdir, defaults, params, scale, changed, out,
         raise
     finally:
         env["wall_time_s"] = round(time.perf_counter() - start, 2)
-        (out_dir / "environment.json").write_text(json.dumps(env, indent=2, sort_keys=True) + "\n")
+        (work / "environment.json").write_text(json.dumps(env, indent=2, sort_keys=True) + "\n")
+        _publish(work, out_dir)
     return out_dir
 
 
@@ -333,20 +459,26 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("-f", "--params-file", action="append", default=[], metavar="YAML",
                         help="YAML file of parameters (repeatable; later files win; -p wins over files)")
     parser.add_argument("--out", help="run folder (default runs/CHAPTER/<UTC timestamp>/)")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="replace the run already in --out (when the new run stops; default: refuse)")
     parser.add_argument("--book", help="book folder (default ./book or the clone holding this package)")
     parser.add_argument("--timeout", type=int, default=None, help="per-cell timeout in seconds (default none)")
     parser.add_argument("--scale", choices=tuple(SCALES), default=None,
                         help="scale label recorded in environment.json (default: ci at the chapter defaults, else "
                              "cpu; paper only when stated, for the paper's data, model size, epochs and seeds)")
-    args = parser.parse_args(argv)
+    args, extra = parser.parse_known_args(argv)
     try:
+        overrides = parse_overrides(args.param)   # first: "-p n 100" is a missing "=", not a stray "100"
+        if extra:
+            parser.error(f"unrecognized arguments: {' '.join(extra)}")
         if not args.chapter:
             print(_describe(book_dir(args.book)))
             return 0
-        out = run(args.chapter, parse_overrides(args.param), args.params_file, args.out, args.book, args.timeout,
-                  scale=args.scale)
+        out = run(args.chapter, overrides, args.params_file, args.out, args.book, args.timeout,
+                  scale=args.scale, overwrite=args.overwrite)
     except ReproduceError as err:
-        parser.error(str(err))
+        print(f"{parser.prog}: error: {err}", file=sys.stderr)
+        return 2
     except (MissingDataError, RunFailed) as err:
         print(f"{parser.prog}: error: {err}", file=sys.stderr)
         return 1

@@ -14,8 +14,9 @@ address, without dashboard; ``--address auto``, ``HOST:PORT`` or ``ray://HOST:PO
 cluster. Ray is an optional dependency: ``pip install "lidvae-mini[sweep]"``.
 
 **Checks before anything is submitted** (exit status 2, or 1 for missing data, as in ``reproduce``): the chapter,
-every parameter name (``-f``, ``-p``, ``--grid``) and value type, the grid syntax (``--grid key=v1,v2``, values read
-as YAML like ``reproduce -p``; repeat ``--grid`` for a Cartesian product), the seeds (``0-9``, ``0,2,5``,
+every parameter name (``-f``, ``-p``, ``--grid``), value type and range (:data:`lidvae_mini.parameters.SPECS`;
+a CUDA ``device`` is checked on the node that runs it), the grid syntax (``--grid key=v1,v2``, values read as
+YAML like ``reproduce -p``; repeat ``--grid`` for a Cartesian product), the seeds (``0-9``, ``0,2,5``,
 ``0-4,7``), the scale of every grid point (:func:`lidvae_mini.reproduce.infer_scale`), the data every run reads
 (:func:`lidvae_mini.reproduce.check_data`), finished runs in ``--out`` made with other parameters, and, once
 connected, that some node of the cluster has the CPUs and GPUs one run asks for.
@@ -316,6 +317,10 @@ def plan(chapter: str, param_files: list[str] | None = None, overrides: dict | N
         params = rp.resolve_parameters(defaults, [], {**base, **dict(point)}, chapter)
         for k, v in point:
             check_value(k, params[k], defaults[k])
+        try:   # types and ranges of lidvae_mini.parameters; CUDA is checked on the node that runs
+            params = rp.check_parameters(chapter, params, defaults, cuda_here=False)
+        except rp.ReproduceError as err:
+            raise rp.ReproduceError(f"grid point {label}: {err}" if point else str(err)) from None
         if "data_dir" in params:
             params["data_dir"] = rp._absolute_data_dir(params["data_dir"], here)
         try:

@@ -184,7 +184,8 @@ def test_missing_data_lists_every_dataset_and_a_relative_data_dir_is_the_callers
 
 def test_unknown_dataset_is_refused_before_running(tmp_path):
     res = _cli("08_images", "-p", "datasets=[mnst]", "--out", tmp_path / "run")
-    assert res.returncode == 2 and "unknown dataset 'mnst'" in res.stderr and not (tmp_path / "run").exists()
+    assert res.returncode == 2 and "datasets=['mnst']" in res.stderr and "'mnist'" in res.stderr
+    assert "entry 'mnst' is not" in res.stderr and not (tmp_path / "run").exists()
 
 
 def test_data_check_passes_when_the_files_are_there():

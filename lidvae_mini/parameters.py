@@ -1,0 +1,325 @@
+"""Every chapter's parameters: type and allowed values, one source of truth for the CLI and the chapter.
+
+Each chapter of the book has one ``parameters`` cell (its small CPU defaults). :data:`SPECS` says, for every name in
+that cell, what a value must be: an integer or a number in a range, a string out of a fixed set, a list of such
+values (with a length range), a folder path, a device, and whether ``None`` is allowed. A few chapters add a rule
+tying two parameters together (:data:`RULES`, e.g. the LIDVAE's latent dimension is at most the data dimension).
+
+Two readers:
+
+- ``python -m lidvae_mini.reproduce`` (and ``lidvae_mini.sweep``) call :func:`check` on the resolved parameters
+  before a kernel starts, so a bad ``-p``/``-f`` value is a one-line error instead of a notebook traceback;
+- every chapter calls it in the cell after its ``parameters`` cell (papermill injects its values between the two),
+  so a value set any other way (papermill directly, Colab, an edited cell) is checked too::
+
+      from lidvae_mini.parameters import check
+      check("02_ppca", globals());
+
+``tests/test_parameters.py`` keeps this module and the chapters in step: the names of every chapter's
+``parameters`` cell are those of its spec, every default passes, and so does every ``book/params/**/*.yaml``.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+__all__ = ["Spec", "SPECS", "RULES", "check", "describe", "spec_from_defaults"]
+
+
+@dataclass(frozen=True)
+class Spec:
+    """What one parameter may be.
+
+    ``kind``: ``"int"``, ``"float"`` (a real number; an int is accepted), ``"bool"``, ``"str"``, ``"path"`` (a
+    string), ``"device"`` (``"auto"``, ``"cpu"``, ``"cuda"`` or ``"cuda:N"``; CUDA only where it is available) or
+    ``"text"`` (any string), ``"any"`` (not checked) or ``"list"`` (a list or tuple whose entries satisfy ``item``, with ``min_len <= len <= max_len``).
+    ``low``/``high``: inclusive bounds of a number (exclusive when ``low_open``/``high_open``). ``choices``: the
+    allowed strings. ``none``: ``None`` is allowed too.
+    """
+
+    kind: str
+    low: float | None = None
+    high: float | None = None
+    low_open: bool = False
+    high_open: bool = False
+    choices: tuple | None = None
+    item: "Spec | None" = None
+    min_len: int = 0
+    max_len: int | None = None
+    none: bool = False
+
+
+def Int(low=None, high=None, none=False) -> Spec:           # noqa: N802 - spec constructors read as types
+    return Spec("int", low, high, none=none)
+
+
+def Float(low=None, high=None, *, low_open=False, high_open=False) -> Spec:   # noqa: N802
+    return Spec("float", low, high, low_open, high_open)
+
+
+def Choice(*choices) -> Spec:                                # noqa: N802
+    return Spec("str", choices=tuple(choices))
+
+
+def List(item: Spec, min_len=0, max_len=None, none=False) -> Spec:   # noqa: N802
+    return Spec("list", item=item, min_len=min_len, max_len=max_len, none=none)
+
+
+POSITIVE = Float(0, low_open=True)          # a scale, rate or noise sd
+COUNT = Int(1)                              # sizes, epochs, steps, samples
+SEED = Int(0, 2 ** 32 - 1)                  # NumPy's SeedSequence needs a non-negative integer
+FOLDER = Spec("path", none=True)            # out_dir, data_dir
+DEVICE = Spec("device")
+WIDTHS = List(COUNT, min_len=1)             # hidden layer widths
+TWO_WIDTHS = List(WIDTHS, min_len=2, max_len=2)   # widths of g_1 and g_2 (the two ICNNs of a Brenier decoder)
+IMAGE_DATASETS = ("mnist", "fashion_mnist", "omniglot")
+#: The rows of the images chapter (:data:`lidvae_mini.baselines.IMAGE_METHODS`; repeated here so that this module
+#: imports nothing heavy; tests/test_parameters.py checks they agree).
+IMAGE_METHODS = ("vae", "beta_vae", "sa_vae", "lagging_vae", "gmvae", "lidgmvae", "lidgmvae_learned",
+                 "gmvae_example1")
+IMAGE_ENCODERS = ("realnvp", "gaussian")
+MNIST_PIXELS = 784
+
+SPECS: dict[str, dict[str, Spec]] = {
+    "01_theorem": dict(K=Int(2), accuracy=Float(0, 1, low_open=True, high_open=True), n_t=Int(2), n_a=Int(2),
+                       n=COUNT, n_tables=COUNT, seed=SEED, out_dir=FOLDER),
+    "02_ppca": dict(data=Choice("official", "regenerated"), sigmas=List(POSITIVE, 1),
+                    datapoints=List(Int(0, 499), 1), num_warmup=COUNT, num_samples=COUNT, num_chains=COUNT,
+                    joint_sigmas=List(POSITIVE, 1), joint_datasets=List(Choice("oned", "twod"), 1), seed=SEED,
+                    out_dir=FOLDER),
+    "03_gmm": dict(n=COUNT, data=Choice("official", "regenerated", "auto"), num_warmup=COUNT, num_samples=COUNT,
+                   num_chains=COUNT, seed=SEED, exact_ns=List(COUNT), out_dir=FOLDER),
+    "04_gmvae": dict(n=COUNT, mu=Float(0, low_open=True), s=POSITIVE, grid_size=Int(3), seed=SEED, out_dir=FOLDER),
+    "05_icnn_brenier": dict(steps=COUNT, hidden=WIDTHS, n=Int(2), seed=SEED, out_dir=FOLDER),
+    "06_lidvae": dict(n_train=COUNT, n_valid=COUNT, epochs=COUNT, batch_size=COUNT, lr=POSITIVE,
+                      latent_dim=Int(1, 2), alpha=POSITIVE, alpha_small=POSITIVE, encoder_hidden=WIDTHS,
+                      icnn_hidden=WIDTHS, mnist_n=COUNT, mnist_epochs=COUNT, mnist_lr=POSITIVE,
+                      mnist_latent_dim=Int(1, MNIST_PIXELS), mnist_encoder_hidden=WIDTHS,
+                      mnist_icnn_hidden=TWO_WIDTHS, iwae_samples=COUNT, seed=SEED, data_dir=FOLDER, device=DEVICE,
+                      out_dir=FOLDER),
+    "07_lidgmvae_pinwheel": dict(n_per_class=COUNT, n_test_per_class=COUNT, epochs=COUNT, batch_size=COUNT,
+                                 lr=POSITIVE, latent_dim=Int(1, 2), num_clusters=Int(2), depth=COUNT,
+                                 icnn_width=COUNT, alpha=POSITIVE, hidden=WIDTHS,
+                                 encoder=Choice(*IMAGE_ENCODERS), learn_prior=Spec("bool"),
+                                 prior_radius=POSITIVE, prior_scale=POSITIVE, iwae_samples=COUNT, seed=SEED,
+                                 device=DEVICE, out_dir=FOLDER),
+    "08_images": dict(datasets=List(Choice(*IMAGE_DATASETS)), methods=List(Choice(*IMAGE_METHODS), 1),
+                      n_train=COUNT, n_valid=COUNT, n_test=COUNT, epochs=COUNT, batch_size=COUNT, lr=POSITIVE,
+                      latent_dim=Int(1, MNIST_PIXELS), num_clusters=Int(2), depth=COUNT, hidden=WIDTHS,
+                      encoder=Choice(*IMAGE_ENCODERS), icnn_width=COUNT, alpha=POSITIVE, svi_steps=COUNT,
+                      max_inner_steps=COUNT, check_every=COUNT, iwae_samples=COUNT,
+                      sweep_dataset=Choice(*IMAGE_DATASETS), sweep_methods=List(Choice(*IMAGE_METHODS), 1),
+                      depths=List(COUNT), ablation_dataset=Choice(*IMAGE_DATASETS),
+                      ablation_cells=List(Choice(*IMAGE_METHODS)), ablation_seeds=List(SEED, 1, none=True),
+                      seed=SEED, seeds=List(SEED, 1, none=True), data_dir=FOLDER, device=DEVICE, out_dir=FOLDER),
+    "09_text": dict(synth_n_train=COUNT, synth_n_valid=COUNT, synth_n_test=COUNT, synth_epochs=COUNT,
+                    latent_dim=COUNT, embed_dim=COUNT, enc_hidden=COUNT, dec_hidden=COUNT, icnn_hidden=TWO_WIDTHS,
+                    alpha=POSITIVE, beta_small=POSITIVE, sa_svi_steps=COUNT, lagging_inner_steps=COUNT,
+                    lr=POSITIVE, batch_size=COUNT, iwae_samples=COUNT, yahoo_n=Int(0), yahoo_n_valid=COUNT,
+                    yahoo_n_test=COUNT, yahoo_vocab=Int(5), yahoo_max_len=COUNT, yahoo_latent_dim=COUNT,
+                    yahoo_epochs=COUNT, n_interp=Int(2), seed=SEED, data_dir=FOLDER, out_dir=FOLDER),
+    "11_diagnose": dict(sigmas=List(POSITIVE, 1), n_points=COUNT, n_samples=COUNT, kl_threshold=POSITIVE,
+                        synth_n=COUNT, synth_epochs=COUNT, pin_n=COUNT, pin_epochs=COUNT, pin_alpha=POSITIVE,
+                        mnist_models=List(Choice("vae", "beta_vae", "lagging_vae", "lidvae")), mnist_n=COUNT,
+                        mnist_epochs=COUNT, mnist_latent_dim=Int(1, MNIST_PIXELS), mnist_lr=POSITIVE,
+                        mnist_alpha=POSITIVE, mnist_icnn_hidden=TWO_WIDTHS, lagging_inner_steps=COUNT,
+                        batch_size=COUNT, seed=SEED, data_dir=FOLDER, device=DEVICE, out_dir=FOLDER),
+    "errata": dict(seed=SEED, n_points=COUNT, iw_repetitions=COUNT, out_dir=FOLDER),
+}
+
+
+def _example1_rows(p: dict) -> set:
+    rows = set(p["methods"] if p["datasets"] else ()) | set(p["sweep_methods"] if p["depths"] else ())
+    return (rows | set(p["ablation_cells"])) & {"lidgmvae", "gmvae_example1"}
+
+
+#: Rules that tie parameters of one chapter together: ``(names, holds(values) -> bool, what is expected)``.
+RULES: dict[str, list[tuple[tuple[str, ...], object, str]]] = {
+    "03_gmm": [(("data", "n"), lambda p: p["data"] != "official" or p["n"] <= 10_000,
+                "n <= 10000 with data='official' (the official files hold 10^4 points; use data='auto' or "
+                "'regenerated' for more)")],
+    "08_images": [(("num_clusters", "latent_dim"), lambda p: not _example1_rows(p) or p["num_clusters"]
+                   <= p["latent_dim"], "num_clusters <= latent_dim for the rows with Example 1's prior "
+                   "(lidgmvae, gmvae_example1: the paper's Example 1 needs K >= C)")],
+}
+
+
+def describe(spec: Spec) -> str:
+    """What ``spec`` accepts, in words (``"an integer >= 1"``, ``"a list of numbers > 0 (at least 1 entry)"``)."""
+    if spec.kind == "list":
+        size = ("a list" if spec.min_len == 0 and spec.max_len is None
+                else f"a list of length {spec.min_len}" if spec.min_len == spec.max_len
+                else "a non-empty list" if spec.min_len == 1 and spec.max_len is None
+                else f"a list of at least {spec.min_len} entries" if spec.max_len is None
+                else f"a list of {spec.min_len} to {spec.max_len} entries")
+        text = f"{size} of {_plural(describe(spec.item))}"
+    elif spec.kind in ("int", "float"):
+        text = "an integer" if spec.kind == "int" else "a number"
+        if spec.low is not None and spec.high is not None:
+            lo, hi = ("(" if spec.low_open else "["), (")" if spec.high_open else "]")
+            text += f" in {lo}{spec.low:g}, {spec.high:d}{hi}" if _is_int(spec.high) else \
+                f" in {lo}{spec.low:g}, {spec.high:g}{hi}"
+        elif spec.low is not None:
+            text += f" {'>' if spec.low_open else '>='} {spec.low:g}"
+        elif spec.high is not None:
+            text += f" {'<' if spec.high_open else '<='} {spec.high:g}"
+    elif spec.kind == "str":
+        text = "one of " + ", ".join(repr(c) for c in spec.choices)
+    elif spec.kind == "bool":
+        text = "true or false"
+    elif spec.kind == "path":
+        text = "a folder path (a string)"
+    elif spec.kind == "text":
+        text = "a string"
+    elif spec.kind == "device":
+        text = "'auto', 'cpu', 'cuda' or 'cuda:N' (CUDA only where available)"
+    else:
+        raise ValueError(f"unknown spec kind {spec.kind!r}")
+    return text + (" or None" if spec.none else "")
+
+
+def _plural(text: str) -> str:
+    for one, many in (("an integer", "integers"), ("a number", "numbers"), ("a non-empty list", "non-empty lists"),
+                      ("a list", "lists"),
+                      ("one of", "strings, each one of"), ("a folder path", "folder paths")):
+        if text.startswith(one):
+            return many + text[len(one):]
+    return text
+
+
+def _is_int(v) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _cuda_devices() -> int:
+    try:
+        import torch
+    except ImportError:   # pragma: no cover - torch is a dependency
+        return 0
+    return torch.cuda.device_count() if torch.cuda.is_available() else 0
+
+
+def _fits(spec: Spec, value, coerce: bool, cuda_here: bool = True):
+    """``(ok, value)``: whether ``value`` satisfies ``spec``, and the value with integral floats made ints when
+    ``coerce`` (``-p n=1e5``)."""
+    if spec.kind == "any":
+        return True, value
+    if value is None:
+        return spec.none, value
+    kind = spec.kind
+    if kind == "int":
+        if coerce and isinstance(value, float) and value.is_integer():
+            value = int(value)
+        if not _is_int(value):
+            return False, value
+    elif kind == "float":
+        if not (_is_int(value) or isinstance(value, float)) or not math.isfinite(value):
+            return False, value
+    elif kind == "bool":
+        return isinstance(value, bool), value
+    elif kind == "path":
+        return isinstance(value, str) and value != "", value
+    elif kind == "text":
+        return isinstance(value, str), value
+    elif kind == "str":
+        return isinstance(value, str) and value in spec.choices, value
+    elif kind == "device":
+        if not isinstance(value, str):
+            return False, value
+        if value in ("auto", "cpu"):
+            return True, value
+        head, _, index = value.partition(":")
+        if head != "cuda" or (index and not index.isdigit()):
+            return False, value
+        return (not cuda_here) or int(index or 0) < _cuda_devices(), value
+    elif kind == "list":
+        if not isinstance(value, (list, tuple)) or not spec.min_len <= len(value) <= (spec.max_len or len(value)):
+            return False, value
+        out = []
+        for v in value:
+            ok, v = _fits(spec.item, v, coerce)
+            if not ok:
+                return False, value
+            out.append(v)
+        return True, (out if isinstance(value, list) else tuple(out))
+    if kind in ("int", "float"):
+        if spec.low is not None and (value < spec.low or (spec.low_open and value == spec.low)):
+            return False, value
+        if spec.high is not None and (value > spec.high or (spec.high_open and value == spec.high)):
+            return False, value
+    return True, value
+
+
+def _explain(name: str, spec: Spec, value) -> str:
+    why = describe(spec)
+    if spec.kind == "device" and isinstance(value, str) and value.startswith("cuda"):
+        n = _cuda_devices()
+        why += f"; this machine has {n} CUDA device(s)" if n else "; CUDA is not available on this machine"
+    if spec.kind == "list" and isinstance(value, (list, tuple)):
+        bad = [v for v in value if not _fits(spec.item, v, True)[0]]
+        if bad:
+            why += f" (entry {bad[0]!r} is not)"
+    return f"parameter {name}={value!r}: expected {why}"
+
+
+def spec_from_defaults(defaults: dict) -> dict[str, Spec]:
+    """A loose spec for a chapter without one in :data:`SPECS`: each value of the kind of its default (an integer
+    for an integer, a number for a number, true/false, a string, a list; ``None`` allowed where it is the default
+    or for a string)."""
+    def of(v) -> Spec:
+        if isinstance(v, bool):
+            return Spec("bool")
+        if _is_int(v):
+            return Int()
+        if isinstance(v, float):
+            return Float()
+        if isinstance(v, (list, tuple)):
+            items = [of(x) for x in v]
+            same = items and all(i == items[0] for i in items)
+            return List(items[0] if same else Spec("any"))
+        if isinstance(v, str):
+            return Spec("text", none=True)
+        return Spec("any")
+    return {k: (Spec("any") if v is None else of(v)) for k, v in defaults.items()}
+
+
+def check(chapter: str, values: dict, *, coerce: bool = False, spec: dict | None = None,
+          cuda_here: bool = True) -> dict:
+    """Check a chapter's parameter values against :data:`SPECS` (and :data:`RULES`); return them.
+
+    Args:
+        chapter: the chapter's file stem (``"02_ppca"``).
+        values: a mapping holding every parameter of the chapter, e.g. the resolved parameters of a
+            ``reproduce`` run or a chapter's ``globals()``; other names in it are ignored.
+        coerce: turn integral floats into ints where an integer is expected (``-p n=1e5``); the chapter calls
+            without, so there ``n = 1e5`` is refused.
+        spec: ``{name: Spec}`` to use instead of ``SPECS[chapter]`` (e.g. :func:`spec_from_defaults`).
+        cuda_here: a ``device`` of ``"cuda"``/``"cuda:N"`` must exist on this machine (``False``: only its form is
+            checked, for a sweep driver whose runs execute on other nodes).
+
+    Returns:
+        ``{name: value}`` for the names of the spec, with the coerced values.
+
+    Raises:
+        KeyError: ``chapter`` has no spec and none is given.
+        ValueError: a value outside its spec or a broken rule; the message names the chapter, the parameter,
+            the value given and what was expected (one line). A parameter of the spec missing from ``values``.
+    """
+    spec = SPECS[chapter] if spec is None else spec
+    missing = [k for k in spec if k not in values]
+    if missing:
+        raise ValueError(f"{chapter}: parameter(s) {', '.join(missing)} missing")
+    out = {}
+    for name, s in spec.items():
+        if s.kind == "any":
+            out[name] = values[name]
+            continue
+        ok, value = _fits(s, values[name], coerce, cuda_here)
+        if not ok:
+            raise ValueError(f"{chapter}: {_explain(name, s, values[name])}")
+        out[name] = value
+    for names, holds, expected in RULES.get(chapter, ()) if spec is SPECS.get(chapter) else ():
+        if not holds(out):
+            given = ", ".join(f"{k}={out[k]!r}" for k in names)
+            raise ValueError(f"{chapter}: parameters {given}: expected {expected}")
+    return out
