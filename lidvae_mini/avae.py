@@ -70,8 +70,9 @@ from torch.utils.checkpoint import checkpoint
 from ._checks import as_float_array, check_choice, check_int, check_positive, hidden_sizes
 from .decoders import InjectiveDecoder, MLPDecoder, count_parameters, matched_mlp_hidden
 from .encoders import mlp
+from .metrics import active_units
 from .train import NonFiniteLossError, _as_tensor, _atomic_save, load_checkpoint
-from .vae import DecoderFacts, SUPPORTED_HEADS
+from .vae import VAE, DecoderFacts, SUPPORTED_HEADS
 
 LOG_2PI = math.log(2.0 * math.pi)
 KINDS = ("avae", "lid_avae")
@@ -323,6 +324,11 @@ class AVAE(DecoderFacts, nn.Module):
         kl = kl_to_prior(z, codes.detach(), self.h, chunk)
         return rec.mean() / scale + kl_weight * kl, {"rec": rec, "kl": kl}
 
+    #: ``S_k = E_z KL(p(x | z) || p(x | z + step e_k))`` per latent axis, shape (K,), nats: the decoder's own
+    #: dependence on each axis (Definition 2 measured), shared with :meth:`lidvae_mini.vae.VAE.latent_sensitivity`
+    #: (``z ~ N(0, I)`` there and here). ``S_k = 0``: the likelihood ignores axis k (non-identifiable).
+    latent_sensitivity = VAE.latent_sensitivity
+
     @torch.no_grad()
     def sample(self, n: int, mean: bool = True, seed: int | None = None) -> torch.Tensor:
         """``n`` draws: ``z ~ N(0, (1 - h^2) I)``, then the likelihood mean (``mean=True``) or a draw; (n, D).
@@ -388,14 +394,15 @@ def _mean_rec(model: AVAE, x: torch.Tensor, batch: int = 1000) -> float:
 @torch.no_grad()
 def evaluate_avae(model: AVAE, x: torch.Tensor, codes: torch.Tensor, batch: int = 1000) -> dict:
     """Mean reconstruction error ``-log p(x|E(x))`` (nats per datapoint), KDE ``KL(q_h || p)`` at the codes of
-    ``x`` against the KDE ``codes`` (nats), and the active units of ``E(x)`` (count with variance >= 0.01)."""
+    ``x`` against the KDE ``codes`` (nats), and the active units of ``E(x)``
+    (:func:`lidvae_mini.metrics.active_units`, variance >= 0.01)."""
     was = model.training
     model.eval()
     z = torch.cat([model.encode(x[i:i + batch]) for i in range(0, len(x), batch)])
     rec = torch.cat([model.reconstruction_error(x[i:i + batch], z[i:i + batch]) for i in range(0, len(x), batch)])
     kl = kl_to_prior(z, codes, model.h)
     model.train(was)
-    au = int((z.double().var(0, unbiased=False) >= 0.01).sum()) if len(z) > 1 else 0
+    au = active_units(z)["count"] if len(z) > 1 else 0
     return {"rec": float(rec.double().mean()), "kl": float(kl), "au": au}
 
 
