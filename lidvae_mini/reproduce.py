@@ -72,7 +72,7 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 #: Parameters that do not change a run's scale (which seed, where files go, which device).
 SCALE_NEUTRAL_PARAMETERS = ("seed", "out_dir", "data_dir", "device")
 
-#: For each chapter that reads data files: a function of the resolved parameters returning ``(dataset, why)``
+#: For each chapter that reads data files, a function of the resolved parameters returning ``(dataset, why)``
 #: pairs, one per dataset the run will load (names of :data:`lidvae_mini.data.DATASETS`; ``why`` names the
 #: parameter that asks for it). Chapters not listed read no data files (02 and 03 use the official data shipped
 #: with the package or regenerate it, 07 generates its pinwheel). ``tests/test_reproduce.py`` checks that every
