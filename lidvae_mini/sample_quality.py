@@ -27,13 +27,13 @@ from pathlib import Path
 
 import numpy as np
 
-from ._checks import as_float_array, check_int
+from ._checks import as_float_array, check_int, check_positive
 
 WEIGHTS_DIR = Path(__file__).resolve().parent / "data" / "weights"
 WEIGHTS_FILE = WEIGHTS_DIR / "mnist_classifier.pt"
 INFO_FILE = WEIGHTS_DIR / "mnist_classifier.json"
 #: SHA-256 of the committed ``mnist_classifier.pt``; :func:`load_mnist_classifier` refuses any other file.
-WEIGHTS_SHA256 = "0000000000000000000000000000000000000000000000000000000000000000"
+WEIGHTS_SHA256 = "82b1077e86faaed39cf98d69636e1eb5d9b4e70a0d9d35eca1b4f32af257448b"
 #: Width of the penultimate layer, the feature space of :func:`classifier_features`.
 FEATURE_DIM = 128
 #: Training defaults of the committed weights (see :func:`train_mnist_classifier`).
@@ -277,19 +277,36 @@ def _feature_pair(a, b, name_a: str, name_b: str, min_rows: int = 2):
     return fa, fb
 
 
+def _sqrtm_quiet(mat: np.ndarray):
+    """``scipy.linalg.sqrtm(mat)`` and whether scipy found it singular (its LinAlgWarning caught, not shown)."""
+    import warnings
+
+    from scipy import linalg
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", linalg.LinAlgWarning)
+        root = linalg.sqrtm(mat)
+    singular = any(issubclass(w.category, linalg.LinAlgWarning) for w in caught)
+    for w in caught:  # anything else is passed on unchanged
+        if not issubclass(w.category, linalg.LinAlgWarning):
+            warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
+    return root, singular
+
+
 def frechet_distance(feat_a, feat_b, eps: float = 1e-6) -> float:
     """Fréchet distance in MNIST-classifier features between two sets, each summarised by a Gaussian.
 
     ``d² = |μ_a − μ_b|² + tr(Σ_a + Σ_b − 2 (Σ_a Σ_b)^{1/2})``, the squared 2-Wasserstein distance between
     N(μ_a, Σ_a) and N(μ_b, Σ_b) (Dowson & Landau 1982), with sample means and unbiased (N − 1) covariances. This is
     the formula of FID (Heusel et al. 2017) in a different feature space, so it is **not** FID and its values are not
-    comparable with published FIDs. The matrix square root is ``scipy.linalg.sqrtm``; if it is not finite (near
-    singular product), ``eps·I`` is added to both covariances; imaginary parts from rounding are dropped when they are
-    below 1e-3 of the largest real eigenvalue scale, else an error is raised. The value is clipped at 0.
+    comparable with published FIDs. The matrix square root is ``scipy.linalg.sqrtm``; if scipy reports the product
+    singular (dead ReLU features, fewer points than features) or the root is not finite, ``eps·I`` is added to both
+    covariances throughout the formula (no warning is shown); imaginary parts from rounding are dropped when they are
+    below 1e-3 of the largest real entry (or 1e-3 absolute), else an error is raised. The value is clipped at 0.
 
     Args:
         feat_a, feat_b: (N_a, F) and (N_b, F) features, e.g. from :func:`classifier_features`; N ≥ 2 each.
-        eps: diagonal offset used only when the plain square root fails.
+        eps: diagonal offset (> 0, squared feature units) used only when the plain square root is singular.
 
     Returns:
         float, in squared feature units (not nats); symmetric in its arguments up to rounding.
@@ -298,16 +315,19 @@ def frechet_distance(feat_a, feat_b, eps: float = 1e-6) -> float:
         TypeError: non-numeric input. ValueError: wrong rank, different widths, fewer than 2 rows, non-finite values,
         or a square root with a large imaginary part.
     """
-    from scipy import linalg
-
     fa, fb = _feature_pair(feat_a, feat_b, "feat_a", "feat_b")
     mu_a, mu_b = fa.mean(axis=0), fb.mean(axis=0)
     cov_a = np.atleast_2d(np.cov(fa, rowvar=False))
     cov_b = np.atleast_2d(np.cov(fb, rowvar=False))
-    covmean = linalg.sqrtm(cov_a @ cov_b)
-    if not np.all(np.isfinite(covmean)):
-        offset = np.eye(cov_a.shape[0]) * float(eps)
-        covmean = linalg.sqrtm((cov_a + offset) @ (cov_b + offset))
+    eps = check_positive(eps, "eps")
+    covmean, singular = _sqrtm_quiet(cov_a @ cov_b)
+    if singular or not np.all(np.isfinite(covmean)):
+        # dead ReLU features or fewer points than features: regularise both covariances, in the whole formula
+        offset = np.eye(cov_a.shape[0]) * eps
+        cov_a, cov_b = cov_a + offset, cov_b + offset
+        covmean, _ = _sqrtm_quiet(cov_a @ cov_b)
+        if not np.all(np.isfinite(covmean)):
+            raise ValueError("the matrix square root of the covariance product is not finite, even with eps·I added")
     if np.iscomplexobj(covmean):
         scale = max(1.0, float(np.abs(covmean.real).max()))
         if np.abs(covmean.imag).max() > 1e-3 * scale:
