@@ -1,0 +1,81 @@
+"""The Package reference part: one page per public module of lidvae_mini, generated from its docstrings.
+
+A module without a page (or a page of a module that no longer exists) fails here; a docstring that Sphinx cannot
+render, or a reference it cannot resolve, fails the book build (``-W -n``).
+"""
+from __future__ import annotations
+
+import pkgutil
+import re
+from pathlib import Path
+
+import pytest
+import yaml
+
+import lidvae_mini
+from conftest import BOOK, ROOT, toc_files
+
+API = BOOK / "api"
+
+
+def public_modules() -> list[str]:
+    """Every module and subpackage of lidvae_mini whose dotted name has no part starting with ``_``."""
+    names = ["lidvae_mini"] + [m.name for m in pkgutil.walk_packages(lidvae_mini.__path__, "lidvae_mini.")]
+    return sorted(n for n in names if not any(part.startswith("_") for part in n.split(".")))
+
+
+MODULES = public_modules()
+
+
+def test_every_public_module_has_a_page_and_every_page_a_module():
+    pages = {p.stem for p in API.glob("*.md")}
+    assert {"lidvae_mini.vae", "lidvae_mini.data.images"} <= set(MODULES)
+    assert sorted(set(MODULES) - pages) == [], "modules without a page in book/api/ (add book/api/<module>.md)"
+    assert sorted(pages - set(MODULES)) == [], "pages in book/api/ of modules that do not exist"
+
+
+@pytest.mark.parametrize("module", MODULES)
+def test_page_documents_its_module_and_is_in_the_toc(module):
+    page = API / f"{module}.md"
+    text = page.read_text()
+    assert re.search(rf"^\.\. automodule:: {re.escape(module)}$", text, flags=re.M), \
+        f"{page.name}: no `.. automodule:: {module}` (inside an eval-rst block)"
+    assert "```{eval-rst}" in text, f"{page.name}: autodoc output must be parsed as reStructuredText (eval-rst)"
+    is_package = (ROOT / Path(*module.split(".")) / "__init__.py").exists()
+    if not is_package:
+        assert re.search(r"^\s+:members:$", text, flags=re.M), f"{page.name}: the module's members are not listed"
+    assert f"book/api/{module}" in toc_files(), f"_toc.yml does not list book/api/{module}"
+
+
+def test_reference_part_lists_the_package_page_first_then_modules_in_order():
+    toc = yaml.safe_load((ROOT / "_toc.yml").read_text())
+    part = next(p for p in toc["parts"] if p.get("caption") == "Package reference")
+    files = [c["file"] for c in part["chapters"]]
+    assert files[0] == "book/api/lidvae_mini"
+    assert files[1:] == sorted(files[1:]), "module pages in alphabetical order"
+
+
+def test_sphinx_configuration_generates_offline():
+    sphinx = yaml.safe_load((ROOT / "_config.yml").read_text())["sphinx"]
+    assert {"sphinx.ext.autodoc", "sphinx.ext.napoleon"} <= set(sphinx["extra_extensions"])
+    # Jupyter Book loads sphinx.ext.intersphinx: with a mapping it would download inventories during the build
+    assert sphinx["config"].get("intersphinx_mapping", {}) == {}
+    assert "sphinx_reexports" in sphinx.get("local_extensions", {})
+    # nitpicky mode may skip other packages' and private names, never a public lidvae_mini one
+    for kind, target in sphinx["config"].get("nitpick_ignore_regex", []):
+        for name in ("lidvae_mini.vae.VAE", "lidvae_mini.data.data_dir", "lidvae_mini.results.result_rows"):
+            assert not (re.fullmatch(kind, "py:class") and re.fullmatch(target, name)), (kind, target, name)
+
+
+def test_reexported_names_resolve_to_their_definition():
+    import sys
+
+    sys.path.insert(0, str(API))
+    try:
+        from sphinx_reexports import _definitions
+    finally:
+        sys.path.remove(str(API))
+    assert "lidvae_mini.data.paths.data_dir" in _definitions("lidvae_mini.data.data_dir", None, None)
+    assert "lidvae_mini.icnn.ICNN" in _definitions("ICNN", "lidvae_mini.brenier", None)
+    assert "lidvae_mini.icnn.ICNN.gradient" in _definitions("ICNN.gradient", "lidvae_mini.brenier", None)
+    assert _definitions("no_such_name", "lidvae_mini.brenier", None) == []
