@@ -117,8 +117,9 @@ def whitened_entropy(z, bandwidth="cv", eps: float = 1e-4, add_log_det: bool = F
         float nats, or ``{"entropy", "bandwidth", "log_det_cov", "reference" (analytic d/2·log 2πe), "n", "d"}``.
 
     Raises:
-        TypeError: non-numeric ``z``. ValueError: not 2-D, fewer than 2 rows (3 for ``"cv"``), non-finite values,
-        unknown bandwidth rule, non-positive ``bandwidth``/``eps``.
+        TypeError: non-numeric ``z``.
+        ValueError: not 2-D, fewer than 2 rows (3 for ``"cv"``), non-finite values, an unknown bandwidth rule, or a
+            non-positive ``bandwidth`` or ``eps``.
     """
     arr = as_float_array(z, "z", ndim=2)
     n, d = arr.shape
@@ -172,7 +173,8 @@ def collapsed_axes(codes, threshold: float = 0.01) -> int:
         int in [0, d].
 
     Raises:
-        TypeError: non-numeric ``codes``. ValueError: not 2-D, fewer than 2 rows, non-finite values, bad threshold.
+        TypeError: non-numeric ``codes``.
+        ValueError: not 2-D, fewer than 2 rows, non-finite values, or a negative threshold.
     """
     from .metrics import active_units
 
@@ -207,7 +209,8 @@ def mds_embedding(codes, n: int = 500, seed: int = 0):
         seeded by ``seed``, as is the MDS.
 
     Raises:
-        as :func:`mds_picture`.
+        TypeError: non-numeric ``codes``.
+        ValueError: not 2-D, fewer than 2 rows, non-finite values, n < 2, or seed < 0.
     """
     arr = as_float_array(codes, "codes", ndim=2)
     if arr.shape[0] < 2:
@@ -241,8 +244,8 @@ def mds_picture(codes, n: int = 500, seed: int = 0, ax=None, title: str = "codes
         matplotlib ``Figure`` with the two panels (codes, N(0, I)).
 
     Raises:
-        TypeError: non-numeric ``codes``. ValueError: not 2-D, fewer than 2 rows, non-finite, n < 2, seed < 0,
-        ``ax`` not a pair of Axes.
+        TypeError: non-numeric ``codes``.
+        ValueError: not 2-D, fewer than 2 rows, non-finite values, n < 2, seed < 0, or ``ax`` not a pair of Axes.
     """
     import matplotlib.pyplot as plt
 

@@ -13,7 +13,7 @@ a small convolutional MNIST classifier instead (weights committed in the package
 
 Regenerate the committed weights (CPU, about a minute per epoch on one core)::
 
-    OMP_NUM_THREADS=1 LIDVAE_DATA=/work/shared/data python -m lidvae_mini.sample_quality --out lidvae_mini/data/weights
+    OMP_NUM_THREADS=1 LIDVAE_DATA=/path/to/data python -m lidvae_mini.sample_quality --out lidvae_mini/data/weights
 
 which writes ``mnist_classifier.pt`` and ``mnist_classifier.json`` (seed, epochs, the commit of this file, test
 accuracy, SHA-256). Then update :data:`WEIGHTS_SHA256` to the printed digest.
@@ -133,7 +133,7 @@ def train_mnist_classifier(data_dir=None, seed: int = DEFAULT_SEED, epochs: int 
     bit (the committed file came from this function; its JSON records the commit, seed and epochs).
 
     Args:
-        data_dir: folder holding ``mnist/`` (default ``$LIDVAE_DATA``, see :func:`lidvae_mini.data.data_dir`).
+        data_dir: folder holding ``mnist/`` (default ``$LIDVAE_DATA``, see :func:`lidvae_mini.data.paths.data_dir`).
         seed: seeds initialisation, shuffling and binarisation.
         epochs: passes over the training set.
         batch_size, lr: optimiser settings.
@@ -145,7 +145,7 @@ def train_mnist_classifier(data_dir=None, seed: int = DEFAULT_SEED, epochs: int 
         seed, epochs, torch version, commit and (if written) the SHA-256 of the weights file.
 
     Raises:
-        MissingDataError: the MNIST files are absent.
+        lidvae_mini.data.paths.MissingDataError: the MNIST files are absent.
         ValueError: bad ``seed``/``epochs``/``batch_size``/``lr``.
     """
     import torch
@@ -245,7 +245,8 @@ def classifier_features(model, x, batch_size: int = 1000) -> np.ndarray:
         (N, 128) float64 numpy array (post-ReLU activations), computed under ``torch.no_grad``.
 
     Raises:
-        TypeError: non-numeric ``x``. ValueError: wrong shape, empty, non-finite, or values outside [0, 1].
+        TypeError: non-numeric ``x``.
+        ValueError: wrong shape, empty, non-finite, or values outside [0, 1].
     """
     if hasattr(x, "detach"):
         x = x.detach().cpu().numpy()
@@ -297,12 +298,13 @@ def frechet_distance(feat_a, feat_b, eps: float = 1e-6) -> float:
     """Fréchet distance in MNIST-classifier features between two sets, each summarised by a Gaussian.
 
     ``d² = |μ_a − μ_b|² + tr(Σ_a + Σ_b − 2 (Σ_a Σ_b)^{1/2})``, the squared 2-Wasserstein distance between
-    N(μ_a, Σ_a) and N(μ_b, Σ_b) (Dowson & Landau 1982), with sample means and unbiased (N − 1) covariances. This is
-    the formula of FID (Heusel et al. 2017) in a different feature space, so it is **not** FID and its values are not
-    comparable with published FIDs. The matrix square root is ``scipy.linalg.sqrtm``; if scipy reports the product
-    singular (dead ReLU features, fewer points than features) or the root is not finite, ``eps·I`` is added to both
-    covariances throughout the formula (no warning is shown); imaginary parts from rounding are dropped when they are
-    below 1e-3 of the largest real entry (or 1e-3 absolute), else an error is raised. The value is clipped at 0.
+    N(μ_a, Σ_a) and N(μ_b, Σ_b) (Dowson & Landau 1982), with sample means and unbiased (N − 1) covariances.
+    This is the formula of FID (Heusel et al. 2017) in a different feature space, so it is **not** FID and its
+    values are not comparable with published FIDs. The matrix square root is ``scipy.linalg.sqrtm``; if scipy
+    reports the product singular (dead ReLU features, fewer points than features) or the root is not finite,
+    ``eps·I`` is added to both covariances throughout the formula (no warning is shown); imaginary parts from
+    rounding are dropped when they are below 1e-3 of the largest real entry (or 1e-3 absolute), else an error is
+    raised. The value is clipped at 0.
 
     Args:
         feat_a, feat_b: (N_a, F) and (N_b, F) features, e.g. from :func:`classifier_features`; N ≥ 2 each.
@@ -312,8 +314,9 @@ def frechet_distance(feat_a, feat_b, eps: float = 1e-6) -> float:
         float, in squared feature units (not nats); symmetric in its arguments up to rounding.
 
     Raises:
-        TypeError: non-numeric input. ValueError: wrong rank, different widths, fewer than 2 rows, non-finite values,
-        or a square root with a large imaginary part.
+        TypeError: non-numeric input.
+        ValueError: wrong rank, different widths, fewer than 2 rows, non-finite values, ``eps`` ≤ 0, or a square
+            root with a large imaginary part.
     """
     fa, fb = _feature_pair(feat_a, feat_b, "feat_a", "feat_b")
     mu_a, mu_b = fa.mean(axis=0), fb.mean(axis=0)
@@ -382,8 +385,8 @@ def precision_recall(real_feats, fake_feats, k: int = 3, chunk: int = 1000) -> d
         ``{"precision": float, "recall": float, "k": k}``, both fractions in [0, 1].
 
     Raises:
-        TypeError: non-numeric input. ValueError: wrong rank, different widths, non-finite values, fewer than 2 rows,
-        or k out of range.
+        TypeError: non-numeric input.
+        ValueError: wrong rank, different widths, non-finite values, fewer than 2 rows, or ``k`` out of range.
     """
     real, fake = _feature_pair(real_feats, fake_feats, "real_feats", "fake_feats")
     k = check_int(k, "k")
