@@ -4,9 +4,10 @@ cluster on loopback addresses (a lost worker and a lost node lose no result).
 Network: Ray rewrites ``127.0.0.1``/``localhost`` into the machine's routable address, so the test cluster uses
 other loopback addresses (``127.0.0.2`` head, ``127.0.0.3`` worker node); the sweep's local runtime is kept on
 ``127.0.0.1``; Ray's own probes of cloud metadata services and its usage report are switched off
-(:func:`lidvae_mini.sweep.ray_offline_env`). A ``sitecustomize`` guard in every subprocess of these tests (sweep,
-``ray start`` and all Python processes Ray starts, notebook kernels) refuses and records any connection, datagram
-or name lookup that is not on the loopback interface; the module fails if one was attempted.
+(:func:`lidvae_mini.sweep.ray_offline_env`). A ``sitecustomize`` guard (``conftest.NETWORK_GUARD``) in every
+subprocess of these tests (sweep, ``ray start`` and all Python processes Ray starts, notebook kernels) refuses
+and records any connection, datagram or name lookup that is not on the loopback interface; the module fails if one
+was attempted.
 
 The cluster's processes are stopped by their process ids (everything under the cluster's temporary folder and their
 children), not by ``ray stop``, which would also stop any other Ray on the machine.
@@ -28,7 +29,7 @@ import nbformat
 import pytest
 import yaml
 
-from conftest import ROOT
+from conftest import NETWORK_GUARD, ROOT
 
 import ray  # noqa: F401  - a test dependency (requirements.txt): a missing Ray fails here, it is not skipped
 
@@ -87,69 +88,6 @@ def fake_book(tmp_path_factory):
     (book / "fake.md").write_text(FAKE_CHAPTER)
     nbformat.write(jupytext.read(book / "fake.md"), book / "fake.ipynb")
     return book
-
-
-NETWORK_GUARD = r"""
-# Written by tests/test_sweep.py: refuse and record network use off the loopback interface.
-import ipaddress, os, socket, sys, traceback
-
-_LOG = os.environ.get("LIDVAE_TEST_NETWORK_LOG")
-_HOSTNAME = socket.gethostname()
-
-
-def _loopback(host):
-    host = host.decode() if isinstance(host, bytes) else str(host)
-    if host in ("localhost", "", _HOSTNAME):
-        return True
-    try:
-        ip = ipaddress.ip_address(host.split("%")[0])
-    except ValueError:
-        return False
-    mapped = getattr(ip, "ipv4_mapped", None)
-    return ip.is_loopback or ip.is_unspecified or bool(mapped and mapped.is_loopback)
-
-
-def _refuse(kind, what):
-    if _LOG:
-        with open(_LOG, "a") as f:
-            stack = "".join(traceback.format_stack()[-6:-2])
-            f.write(f"{kind} {what!r} by pid {os.getpid()} {sys.argv[:2]}\n{stack}\n")
-    raise OSError(f"test network guard: {kind} {what!r} is not on the loopback interface")
-
-
-_connect, _connect_ex, _sendto, _getaddrinfo = (socket.socket.connect, socket.socket.connect_ex,
-                                                 socket.socket.sendto, socket.getaddrinfo)
-
-
-def _check(sock, addr, kind):
-    if sock.family in (socket.AF_INET, socket.AF_INET6) and isinstance(addr, tuple) and not _loopback(addr[0]):
-        _refuse(kind, addr)
-
-
-def connect(self, addr):
-    _check(self, addr, "connect")
-    return _connect(self, addr)
-
-
-def connect_ex(self, addr):
-    _check(self, addr, "connect")
-    return _connect_ex(self, addr)
-
-
-def sendto(self, data, *args):
-    _check(self, args[-1], "sendto")
-    return _sendto(self, data, *args)
-
-
-def getaddrinfo(host, *args, **kwargs):
-    if host is not None and not _loopback(host):
-        _refuse("name lookup", host)
-    return _getaddrinfo(host, *args, **kwargs)
-
-
-socket.socket.connect, socket.socket.connect_ex, socket.socket.sendto = connect, connect_ex, sendto
-socket.getaddrinfo = getaddrinfo
-"""
 
 
 @pytest.fixture(scope="module", autouse=True)
