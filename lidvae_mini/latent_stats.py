@@ -103,6 +103,8 @@ def whitened_entropy(z, bandwidth="cv", eps: float = 1e-4, add_log_det: bool = F
     For N(0, I_d) codes the estimate sits above ``d/2·log(2πe)`` by a finite-sample bias that grows with d (about
     0.03 nats for d = 2 and 1.2 nats for d = 16 at N = 2000 with ``"cv"``); compare codes against
     ``gaussian_reference_entropy(d, n=N)``, which carries the same bias, as well as against the analytic value.
+    Cost O(N² d) per bandwidth; ``"cv"`` tries about 15: on one CPU core about 1 s for N = 2,000 and 10 s for
+    N = 5,000 (d = 16).
 
     Args:
         z: (N, d) codes (e.g. encoder outputs E_φ(x)), N ≥ 2 (≥ 3 for ``"cv"``), finite.

@@ -399,6 +399,31 @@ def precision_recall(real_feats, fake_feats, k: int = 3, chunk: int = 1000) -> d
             "k": k}
 
 
+def classifier_feature_metrics(real_x, fake_x, model=None, k: int = 3) -> dict:
+    """Fréchet distance in MNIST-classifier features and k-NN precision/recall for two image sets, in one call.
+
+    Args:
+        real_x: (N_r, 784) data images in [0, 1].
+        fake_x: (N_f, 784) model samples (binary draws or Bernoulli means) in [0, 1].
+        model: the classifier; default :func:`load_mnist_classifier`.
+        k: neighbourhood size of :func:`precision_recall`.
+
+    Returns:
+        ``{"frechet_distance", "precision", "recall", "k", "n_real", "n_fake"}`` (the distance in squared feature
+        units, never to be called FID).
+
+    Raises:
+        TypeError: non-numeric images.
+        ValueError: as :func:`classifier_features`, :func:`frechet_distance` and :func:`precision_recall`.
+    """
+    model = load_mnist_classifier() if model is None else model
+    real = classifier_features(model, real_x)
+    fake = classifier_features(model, fake_x)
+    pr = precision_recall(real, fake, k=k)
+    return {"frechet_distance": frechet_distance(real, fake), "precision": pr["precision"],
+            "recall": pr["recall"], "k": pr["k"], "n_real": real.shape[0], "n_fake": fake.shape[0]}
+
+
 def main(argv=None) -> int:
     """``python -m lidvae_mini.sample_quality --out DIR [--seed S] [--epochs E]``: train and write the weights."""
     import argparse

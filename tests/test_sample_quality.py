@@ -83,6 +83,16 @@ def test_features_shape_dtype_and_real_vs_noise(model, mnist_test):
     assert pr_noise["precision"] < 0.2 and pr_noise["recall"] < 0.2
 
 
+def test_one_call_metrics_equal_the_parts(model, mnist_test):
+    x, _ = mnist_test
+    real, fake = x[:400], x[400:700]
+    got = sq.classifier_feature_metrics(real, fake, model=model)
+    fr, ff = classifier_features(model, real), classifier_features(model, fake)
+    pr = precision_recall(fr, ff)
+    assert got == {"frechet_distance": frechet_distance(fr, ff), "precision": pr["precision"],
+                   "recall": pr["recall"], "k": 3, "n_real": 400, "n_fake": 300}
+
+
 def test_feature_inputs_checked(model):
     with pytest.raises(ValueError, match=r"\(N, 784\)"):
         classifier_features(model, np.zeros((3, 783)))
