@@ -4,6 +4,21 @@ from __future__ import annotations
 import numpy as np
 
 
+def _matches(shape: tuple, want: tuple) -> bool:
+    return len(shape) == len(want) and all(w is None or w == a for w, a in zip(want, shape))
+
+
+def transposed_hint(name: str, shape: tuple, want: tuple) -> str:
+    """``"; it looks transposed: ..."`` when ``shape`` is ``want`` reversed (a 2-D array given as (D, N) instead of
+    (N, D)), or when a 1-D array was expected and ``shape`` has one axis of size 1; else ``""``."""
+    shape = tuple(shape)
+    if len(shape) == 2 and len(want) == 2 and not _matches(shape, want) and _matches(shape[::-1], want):
+        return f"; it looks transposed: pass {name}.T (datapoints are rows)"
+    if len(want) == 1 and len(shape) == 2 and 1 in shape:
+        return f"; flatten it ({name}.reshape(-1))"
+    return ""
+
+
 def as_float_array(x, name: str, ndim: int | None = None, shape: tuple | None = None) -> np.ndarray:
     """Return ``x`` as a finite float64 array, checking its rank and (optionally) its shape.
 
@@ -11,18 +26,20 @@ def as_float_array(x, name: str, ndim: int | None = None, shape: tuple | None = 
 
     Raises:
         TypeError: ``x`` is not numeric.
-        ValueError: wrong rank, wrong shape, or non-finite entries.
+        ValueError: wrong rank, wrong shape (saying when ``x`` looks transposed), or non-finite entries.
     """
     arr = np.asarray(x)
     if arr.dtype == object or not (np.issubdtype(arr.dtype, np.number) or arr.dtype == bool):
         raise TypeError(f"{name} must be a numeric array, got dtype {arr.dtype}")
     arr = arr.astype(np.float64)
     if ndim is not None and arr.ndim != ndim:
-        raise ValueError(f"{name} must have {ndim} dimension(s), got shape {arr.shape}")
+        raise ValueError(f"{name} must have {ndim} dimension(s), got shape {arr.shape}"
+                         + transposed_hint(name, arr.shape, (None,) * ndim))
     if shape is not None:
-        if arr.ndim != len(shape) or any(s is not None and s != a for s, a in zip(shape, arr.shape)):
+        if not _matches(arr.shape, tuple(shape)):
             want = tuple("*" if s is None else s for s in shape)
-            raise ValueError(f"{name} must have shape {want}, got {arr.shape}")
+            raise ValueError(f"{name} must have shape {want}, got {arr.shape}"
+                             + transposed_hint(name, arr.shape, tuple(shape)))
     if not np.all(np.isfinite(arr)):
         raise ValueError(f"{name} contains NaN or infinite values")
     return arr
@@ -90,7 +107,8 @@ def check_batch(x, dim: int, name: str = "x", like=None):
     if not torch.is_floating_point(x):
         raise TypeError(f"{name} must be a floating-point tensor, got dtype {x.dtype}")
     if x.ndim != 2 or x.shape[1] != dim:
-        raise ValueError(f"{name} must have shape (B, {dim}), got {tuple(x.shape)}")
+        raise ValueError(f"{name} must have shape (B, {dim}), got {tuple(x.shape)}"
+                         + transposed_hint(name, tuple(x.shape), (None, dim)))
     if like is not None:
         if x.dtype != like.dtype:
             raise TypeError(f"{name} has dtype {x.dtype} but the module's parameters are {like.dtype}; "

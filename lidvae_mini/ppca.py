@@ -130,8 +130,12 @@ def _check_x(x) -> np.ndarray:
     return x
 
 
-def _check_w(w, d: int) -> np.ndarray:
+def _check_w(w, d: int, x_shape: tuple | None = None) -> np.ndarray:
     w = as_float_array(w, "w", ndim=2)
+    if x_shape is not None and w.shape[0] != d and w.shape[0] == x_shape[0]:
+        raise ValueError(f"x must have shape (N, D) = (*, {w.shape[0]}) with D = {w.shape[0]} the rows of w "
+                         f"(D, M) = {w.shape}, got {tuple(x_shape)}; it looks transposed: pass x.T (datapoints "
+                         "are rows)")
     if w.shape[0] != d:
         raise ValueError(f"w must have shape (D, M) with D = {d} (the data dimension), got {w.shape}")
     if not 1 <= w.shape[1] <= d:
@@ -162,17 +166,21 @@ def ml_estimate(x, m: int, sigma: float | None = None) -> PPCAFit:
     Each eigenvector's sign is fixed so that its largest-magnitude entry is positive.
 
     Args:
-        x: data (N, D), finite. m: latent dimension, 1 <= m <= D (m < D when ``sigma`` is None).
-        sigma: known noise sd (> 0), or None to estimate it.
+        x: data (N, D), finite, N >= D (datapoints are rows). m: latent dimension, 1 <= m <= D (m < D when
+            ``sigma`` is None). sigma: known noise sd (> 0), or None to estimate it.
 
     Returns:
         :class:`PPCAFit` ``(w (D, m), sigma, eigenvalues (D,))``.
 
     Raises:
-        ValueError: bad shape, non-finite data, bad ``m``, ``sigma <= 0``.
+        ValueError: bad shape (fewer datapoints than dimensions, e.g. x given as (D, N)), non-finite data, bad
+            ``m``, ``sigma <= 0``.
     """
     x = _check_x(x)
     n, d = x.shape
+    if n < d:
+        raise ValueError(f"x must have shape (N, D) with at least as many datapoints as dimensions (N >= D), got "
+                         f"{x.shape}: is it transposed? Datapoints are rows (pass x.T)")
     m = check_int(m, "m")
     if m > d:
         raise ValueError(f"m must be <= D = {d}, got {m}")
@@ -203,7 +211,7 @@ def log_likelihood(x, w, sigma: float) -> float:
     from scipy.stats import multivariate_normal
 
     x = _check_x(x)
-    w = _check_w(w, x.shape[1])
+    w = _check_w(w, x.shape[1], x.shape)
     sigma = check_positive(sigma, "sigma")
     cov = w @ w.T + sigma ** 2 * np.eye(x.shape[1])
     return float(np.sum(multivariate_normal(mean=np.zeros(x.shape[1]), cov=cov).logpdf(x)))
@@ -225,7 +233,7 @@ def exact_posterior(x, w, sigma: float) -> tuple[np.ndarray, np.ndarray]:
         ValueError: shape mismatch, non-finite values, ``sigma <= 0``.
     """
     x = _check_x(x)
-    w = _check_w(w, x.shape[1])
+    w = _check_w(w, x.shape[1], x.shape)
     sigma = check_positive(sigma, "sigma")
     m = w.shape[1]
     cov = sigma ** 2 * np.linalg.inv(sigma ** 2 * np.eye(m) + w.T @ w)
@@ -292,7 +300,7 @@ def likelihood_surface(x_points, w, sigma: float, grid) -> np.ndarray:
         ValueError: shape mismatch (W must have two columns), non-finite values, ``sigma <= 0``.
     """
     x = _check_x(x_points)
-    w = _check_w(w, x.shape[1])
+    w = _check_w(w, x.shape[1], x.shape)
     if w.shape[1] != 2:
         raise ValueError(f"likelihood_surface needs a two-dimensional latent (w of shape (D, 2)), got {w.shape}")
     sigma = check_positive(sigma, "sigma")
