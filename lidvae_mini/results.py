@@ -119,8 +119,18 @@ def _read_run(folder: Path) -> tuple[dict, dict, dict]:
     if missing:
         raise FileNotFoundError(f"{folder} is not a complete run folder: missing {', '.join(missing)} "
                                 "(make it with python -m lidvae_mini.reproduce CHAPTER --out FOLDER)")
-    return (json.loads((folder / METRICS_FILE).read_text()), yaml.safe_load((folder / PARAMS_FILE).read_text()),
-            json.loads((folder / ENVIRONMENT_FILE).read_text()))
+    out = []
+    for name, load, kind in ((METRICS_FILE, json.loads, dict), (PARAMS_FILE, yaml.safe_load, dict),
+                             (ENVIRONMENT_FILE, json.loads, dict)):
+        try:
+            value = load((folder / name).read_text())
+        except (OSError, UnicodeDecodeError, ValueError, yaml.YAMLError) as err:
+            raise ValueError(f"{folder / name} cannot be read as {'YAML' if name == PARAMS_FILE else 'JSON'}: "
+                             f"{' '.join(str(err).split())}") from None
+        if not isinstance(value, kind):
+            raise ValueError(f"{folder / name} must hold a mapping, got {type(value).__name__}")
+        out.append(value)
+    return tuple(out)
 
 
 def summarise_runs(run_dirs: list[str | Path], out: str | Path, include_failed: bool = False,
@@ -136,8 +146,9 @@ def summarise_runs(run_dirs: list[str | Path], out: str | Path, include_failed: 
 
     Raises:
         FileNotFoundError: a run folder lacks one of its three files.
-        ValueError: the runs belong to different chapters or scales, hold empty results, differ in a parameter
-            other than ``seed``, did not complete, or repeat a seed; a missing or unknown scale label.
+        ValueError: a run's file is not valid JSON/YAML or not a mapping; the runs belong to different chapters or
+            scales, hold empty results, differ in a parameter other than ``seed``, did not complete, or repeat a
+            seed; a missing or unknown scale label.
     """
     folders = [Path(d) for d in run_dirs]
     runs = [_read_run(f) for f in folders]
@@ -326,7 +337,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         out = summarise_runs(args.runs, args.out, include_failed=args.include_failed, scale=args.scale)
-    except (FileNotFoundError, ValueError) as err:
+    except (OSError, ValueError) as err:
         parser.error(str(err))
     scale = json.loads((out / ENVIRONMENT_FILE).read_text())["scale"]
     print(f"summary of {len(args.runs)} runs ({scale} scale): {out}")
