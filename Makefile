@@ -10,7 +10,7 @@ export LIDVAE_DATA := $(abspath ../shared/data)
 endif
 endif
 
-.PHONY: install book test unit pairs clean
+.PHONY: install book test unit pairs clean exec-key exec-cache
 
 .make/installed: requirements.txt pyproject.toml
 	$(PYTHON) -m pip install -q torch==2.13.0
@@ -21,19 +21,45 @@ endif
 install: .make/installed
 
 BUILD = jupyter-book build --all -W -n --keep-going .
-PYTEST = $(PYTHON) -m pytest tests book --nbval-lax --nbval-current-env --nbval-cell-timeout=900
+# pytest-xdist: the test modules and the chapter runs of tests/test_determinism.py shared among TEST_WORKERS
+# processes (tests/conftest.py keeps each module on one worker and starts the chapter runs first).
+TEST_WORKERS ?= 2
+PYTEST = $(PYTHON) -m pytest tests -n $(TEST_WORKERS) --dist loadgroup --no-loadscope-reorder
 
-book: install
+# One execution of the book. The build keeps every executed chapter in _build/.jupyter_cache (execute_notebooks:
+# cache), matched by jupyter-cache on the chapter's code cells; a later build reuses it. What else a chapter's
+# outputs depend on is keyed here: the package (code and data files), the committed results and parameter files,
+# the pinned requirements, the data folder and the Python. When that key changes, exec-cache clears the cache and
+# every chapter runs again (a fresh clone has no cache: CI executes everything).
+EXEC_KEY_FILES = lidvae_mini results book/params requirements.txt pyproject.toml
+exec-key:
+	@{ find $(EXEC_KEY_FILES) -type f ! -path '*/__pycache__/*' ! -name '*.pyc' -print0 2>/dev/null \
+	     | LC_ALL=C sort -z | xargs -0 sha256sum; \
+	   echo "LIDVAE_DATA=$(LIDVAE_DATA)"; $(PYTHON) -VV; } | sha256sum | cut -c1-64
+
+exec-cache:
+	@key=$$($(MAKE) -s --no-print-directory exec-key) && mkdir -p _build && \
+	if [ "$$(cat _build/.exec-key 2>/dev/null)" = "$$key" ]; then \
+	  echo "execution cache: package unchanged, chapters whose code is unchanged are not run again"; \
+	else \
+	  if [ -d _build/.jupyter_cache ]; then echo "execution cache: package changed, cleared"; fi; \
+	  rm -rf _build/.jupyter_cache && echo "$$key" > _build/.exec-key; \
+	fi
+
+book: install exec-cache
 	$(BUILD)
 
 # Every test run is a first run: a new, empty user cache (XDG_CACHE_HOME), so once-a-day warnings and cached
 # state that a fresh machine lacks show up here too (ArviZ's daily notice once broke only fresh machines' builds).
-test: install
+# After `make book` the build reuses the executed chapters (see exec-cache); the determinism test
+# (tests/test_determinism.py) runs every chapter once more and compares its metrics with the build's.
+test: install exec-cache
 	@cache=$$(mktemp -d -t lidvae-cache.XXXXXX); echo "make test: fresh user cache $$cache"; \
 	export XDG_CACHE_HOME=$$cache; $(BUILD) && $(PYTEST); rc=$$?; rm -rf $$cache; exit $$rc
 
+# Package tests only: no chapter runs, no built book needed except by the rendered-page tests.
 unit: install
-	$(PYTHON) -m pytest tests
+	$(PYTHON) -m pytest tests -m "not chapter_run"
 
 # Regenerate every notebook's .ipynb from its MyST .md (keeps cell ids; never the other way round).
 pairs:

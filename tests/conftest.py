@@ -40,10 +40,6 @@ def single_torch_thread():
 # ------------------------------------------------------------------------------------------------------------
 # Parallel runs (pytest-xdist, ``make test``: ``-n 2 --dist loadgroup --no-loadscope-reorder``)
 
-def pytest_configure(config):
-    config.addinivalue_line("markers", "chapter_run: executes a whole chapter (scheduled first, one per worker)")
-
-
 @pytest.hookimpl(tryfirst=True)
 def pytest_collection_modifyitems(config, items):
     """Every test module runs on one worker (its module fixtures are built once, and the Ray clusters of

@@ -21,9 +21,15 @@ This replaces the earlier nbval pass, which executed every chapter a second time
 from __future__ import annotations
 
 import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
 
 import nbformat
 import pytest
+import yaml
 
 from conftest import BOOK, ROOT, toc_files
 from lidvae_mini.provenance import METRICS_FILE, recorded_metrics
@@ -31,19 +37,20 @@ from lidvae_mini.provenance import METRICS_FILE, recorded_metrics
 CACHE = ROOT / "_build" / ".jupyter_cache"
 
 
-def _cache():
-    if not (CACHE / "global.db").exists():      # get_cache would create an empty cache
+def _cache(folder=CACHE):
+    if not (folder / "global.db").exists():     # get_cache would create an empty cache
         return None
     from jupyter_cache import get_cache
 
-    return get_cache(str(CACHE))
+    return get_cache(str(folder))
 
 
-def _cached_run(cache, stem: str):
-    """``(executed notebook, seconds)`` of ``stem`` from the build's cache, or ``None``."""
+def _cached_run(cache, notebook):
+    """``(executed notebook, seconds)`` of ``notebook`` (a chapter's stem, or a notebook) from a build's cache, or
+    ``None``."""
     if cache is None:
         return None
-    nb = nbformat.read(BOOK / f"{stem}.ipynb", as_version=4)
+    nb = nbformat.read(BOOK / f"{notebook}.ipynb", as_version=4) if isinstance(notebook, str) else notebook
     try:
         record = cache.match_cache_notebook(nb)
     except KeyError:
@@ -97,10 +104,12 @@ def run_chapter(stem: str, out) -> dict:
     except MissingDataError:
         import papermill as pm
 
-        out.mkdir(parents=True, exist_ok=True)
-        pm.execute_notebook(str(BOOK / f"{stem}.ipynb"), str(out / f"{stem}.ipynb"), parameters={"out_dir": str(out)},
-                            cwd=str(BOOK), kernel_name="python3", progress_bar=False)
-    return json.loads((out / METRICS_FILE).read_text())
+        folder = out
+        folder.mkdir(parents=True)
+        pm.execute_notebook(str(BOOK / f"{stem}.ipynb"), str(folder / f"{stem}.ipynb"),
+                            parameters={"out_dir": str(folder)}, cwd=str(BOOK), kernel_name="python3",
+                            progress_bar=False)
+    return json.loads((folder / METRICS_FILE).read_text())
 
 
 @pytest.mark.parametrize("stem", [pytest.param(s, marks=[pytest.mark.chapter_run,
@@ -146,3 +155,104 @@ def test_every_executable_chapter_is_compared():
     stems = [f.removeprefix("book/") for f in toc_files()]
     executable = [s for s in stems if (BOOK / f"{s}.ipynb").exists()]
     assert executable and set(executable) == set(metric_chapters())
+
+
+# ------------------------------------------------------------------------------------------------------------
+# One build: the execution cache and its key (Makefile: exec-key, exec-cache; _config.yml: execute)
+
+def _make(target, cwd, **env):
+    res = subprocess.run(["make", "-s", "--no-print-directory", target], cwd=cwd, capture_output=True, text=True,
+                         env={**os.environ, **env}, timeout=120)
+    assert res.returncode == 0, res.stdout + res.stderr
+    return res.stdout.strip()
+
+
+def test_execution_cache_key_follows_the_package_not_the_chapters(tmp_path):
+    """The key changes with a package file's content (added files too), the committed results, the requirements and
+    the data folder; not with a file's time stamp or a chapter (jupyter-cache keys the chapters). ``exec-cache``
+    clears ``_build/.jupyter_cache`` exactly when the key changed."""
+    shutil.copy(ROOT / "Makefile", tmp_path)
+    for name in ("lidvae_mini", "results", "book/params"):
+        shutil.copytree(ROOT / name, tmp_path / name, ignore=shutil.ignore_patterns("__pycache__"))
+    for name in ("requirements.txt", "pyproject.toml"):
+        shutil.copy(ROOT / name, tmp_path)
+    (tmp_path / "book" / "01_x.md").write_text("# x\n")
+    data = {"LIDVAE_DATA": "/data"}
+    key = _make("exec-key", tmp_path, **data)
+    assert len(key) == 64 and _make("exec-key", tmp_path, **data) == key
+
+    train = tmp_path / "lidvae_mini" / "train.py"
+    text = train.read_text()
+    os.utime(train, (1, 1))
+    (tmp_path / "book" / "01_x.md").write_text("# y\n")
+    assert _make("exec-key", tmp_path, **data) == key            # a time stamp, a chapter: same key
+    train.write_text(text + "# edit\n")
+    assert _make("exec-key", tmp_path, **data) != key
+    train.write_text(text)
+    assert _make("exec-key", tmp_path, **data) == key
+    for changed in ("lidvae_mini/new_module.py", "results/README.md", "requirements.txt"):
+        path = tmp_path / changed
+        before = path.read_text() if path.exists() else None
+        path.write_text((before or "") + "# edit\n")
+        assert _make("exec-key", tmp_path, **data) != key, changed
+        path.unlink() if before is None else path.write_text(before)
+    assert _make("exec-key", tmp_path, LIDVAE_DATA="/other") != key
+
+    cache = tmp_path / "_build" / ".jupyter_cache"
+    _make("exec-cache", tmp_path, **data)                          # no key yet: cleared, key written
+    cache.mkdir()
+    assert "unchanged" in _make("exec-cache", tmp_path, **data) and cache.is_dir()
+    train.write_text(text + "# edit\n")
+    assert "cleared" in _make("exec-cache", tmp_path, **data) and not cache.exists()
+    assert (tmp_path / "_build" / ".exec-key").read_text().strip() == _make("exec-key", tmp_path, **data)
+
+
+CACHED_CHAPTER = """---
+jupytext:
+  text_representation: {extension: .md, format_name: myst}
+kernelspec: {display_name: Python 3, language: python, name: python3}
+---
+# Good
+
+```{code-cell} ipython3
+from pathlib import Path
+from lidvae_mini.provenance import save_metrics
+value = int(Path("../results/value.txt").read_text())   # relative to book/: the build runs chapters there
+with open("../executions.log", "a") as f:
+    f.write("ran\\n")
+save_metrics({"value": value}, None)
+```
+"""
+
+
+def test_cached_build_runs_chapters_in_book_reuses_them_and_fails_on_an_error(tmp_path):
+    """A two-page book with this repository's ``execute`` settings: the chapter runs in ``book/`` and its metrics
+    record is in the cache; a second build does not run it again, and a page whose cell raises fails the build."""
+    config = yaml.safe_load((ROOT / "_config.yml").read_text())
+    assert config["execute"]["execute_notebooks"] == "cache"
+    (tmp_path / "_config.yml").write_text(yaml.safe_dump({"title": "t", "only_build_toc_files": True,
+                                                          "execute": config["execute"],
+                                                          "exclude_patterns": ["_build", "results"]}))
+    (tmp_path / "_toc.yml").write_text("format: jb-book\nroot: book/good\n")
+    (tmp_path / "book").mkdir()
+    (tmp_path / "results").mkdir()
+    (tmp_path / "results" / "value.txt").write_text("42\n")
+    (tmp_path / "book" / "good.md").write_text(CACHED_CHAPTER)
+    build = [str(Path(sys.executable).with_name("jupyter-book")), "build", "--all", "-W", "-n", "--keep-going", "."]
+
+    res = subprocess.run(build, cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
+    assert (tmp_path / "executions.log").read_text() == "ran\n"
+    from myst_nb.core.read import read_myst_markdown_notebook
+
+    nb = read_myst_markdown_notebook((tmp_path / "book" / "good.md").read_text())
+    executed, _ = _cached_run(_cache(tmp_path / "_build" / ".jupyter_cache"), nb)
+    assert recorded_metrics(executed) == {"value": 42}
+
+    (tmp_path / "book" / "bad.md").write_text(CACHED_CHAPTER.replace("# Good", "# Bad").replace(
+        "save_metrics(", "raise RuntimeError('a failing cell')\nsave_metrics("))
+    (tmp_path / "_toc.yml").write_text("format: jb-book\nroot: book/good\nchapters:\n  - file: book/bad\n")
+    res = subprocess.run(build, cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert res.returncode != 0, res.stdout[-3000:]
+    assert "a failing cell" in res.stdout + res.stderr
+    assert (tmp_path / "executions.log").read_text() == "ran\nran\n"   # bad ran once; good was not run again
