@@ -42,6 +42,7 @@ from scipy import optimize, stats
 from scipy.special import expit, logit
 
 from ._checks import as_float_array, check_choice, check_int, check_positive
+from .plotting import figsize
 
 DATASETS = ("single", "overlap", "nonoverlap")
 """Names of the three datasets of Figure 4."""
@@ -853,11 +854,11 @@ def fixed_posteriors_at_ml(y, fit: MLResult, prior=PRIOR, **kwargs) -> dict[str,
 # Figures
 # --------------------------------------------------------------------------------------------------
 def _panel_row(n: int, height: float, axes=None):
-    """``(figure, axes)``: the given axes, or a new row of ``n`` panels 4.2 inches wide and ``height`` tall."""
+    """``(figure, axes)``: the given axes, or a new row of ``n`` panels filling the text column, ``height`` tall."""
     if axes is None:
         import matplotlib.pyplot as plt
 
-        axes = plt.subplots(1, n, figsize=(4.2 * n, height), squeeze=False)[1][0]
+        axes = plt.subplots(1, n, figsize=figsize(n, row_height=height), squeeze=False)[1][0]
     return axes[0].figure, axes
 
 

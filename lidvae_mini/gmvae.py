@@ -32,6 +32,7 @@ from scipy import optimize, special, stats
 
 from ._checks import as_float_array, check_int, check_positive
 from .collapse import check_probabilities
+from .plotting import figsize
 
 #: Half-width of the quadrature grid, in prior standard deviations beyond the outermost component means.
 GRID_WIDTH_SD = 10.0
@@ -397,7 +398,8 @@ def plot_responsibilities(x, p_y, titles, axes=None):
 
     x = as_float_array(x, "x", shape=(None, 2))
     if axes is None:
-        _, axes = plt.subplots(1, len(p_y), figsize=(4.6 * len(p_y), 3.6), squeeze=False, constrained_layout=True)
+        _, axes = plt.subplots(1, len(p_y), figsize=figsize(len(p_y), row_height=3.0), squeeze=False,
+                                 constrained_layout=True)
         axes = axes[0]
     for ax, p, title in zip(axes, p_y, titles):
         sc = ax.scatter(x[:, 0], x[:, 1], c=np.asarray(p)[:, 1], cmap="coolwarm", vmin=0, vmax=1, s=5,
@@ -416,7 +418,7 @@ def plot_latent_posteriors(models, x_few, grid_size: int = 20001, labels=None):
     import matplotlib.pyplot as plt
 
     x_few = as_float_array(x_few, "x_few", ndim=2)
-    fig, axes = plt.subplots(len(models), len(x_few), figsize=(3.6 * len(x_few), 2.4 * len(models)),
+    fig, axes = plt.subplots(len(models), len(x_few), figsize=figsize(len(x_few), len(models), row_height=2.2),
                              squeeze=False, constrained_layout=True)
     for r, model in enumerate(models):
         grid, dens = model.posterior_w(x_few, grid_size)
@@ -428,7 +430,7 @@ def plot_latent_posteriors(models, x_few, grid_size: int = 20001, labels=None):
             for k in range(model.K):
                 ax.plot(grid[keep], dens[c, keep, k], ls="-" if k == 0 else "--", lw=1.5,
                         label=f"y = {k + 1}: mass {dens[c, :, k].sum() * h:.3f}")
-            ax.legend(fontsize=7)
+            ax.legend(fontsize=7.5)
             ax.locator_params(axis="x", nbins=5)
             if c == 0:
                 ax.set_ylabel((labels or [m.name for m in models])[r], fontsize=9)

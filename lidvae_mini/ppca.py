@@ -41,6 +41,7 @@ from typing import NamedTuple
 import numpy as np
 
 from ._checks import as_float_array, check_choice, check_int, check_positive
+from .plotting import TEXT_WIDTH, figsize
 
 DATASETS = {"oned": ("oned_ppca", 1), "twod": ("twod_ppca", 2)}
 """``{name: (official dataset, true latent dimension)}``; both are fitted with ``M = 2``."""
@@ -658,8 +659,8 @@ def plot_likelihood_surfaces(surfaces, grid, titles, floor: float = -30.0, ncols
     surfaces = [np.asarray(s, dtype=float) for s in surfaces]
     ncols = ncols or len(surfaces)
     nrows = int(np.ceil(len(surfaces) / ncols))
-    fig, axes = plt.subplots(nrows, ncols, figsize=(2.7 * ncols + 0.8, 2.6 * nrows), squeeze=False,
-                             constrained_layout=True)
+    fig, axes = plt.subplots(nrows, ncols, figsize=figsize(ncols, nrows, row_height=min(TEXT_WIDTH / ncols, 3.0)),
+                             squeeze=False,                             constrained_layout=True)
     levels = np.linspace(floor, 0.0, 16)
     for ax, surf, title in zip(axes.flat, surfaces, titles):
         cs = ax.contourf(grid, grid, np.clip(surf - surf.max(), floor, 0.0).T, levels=levels, cmap="viridis")
@@ -688,7 +689,7 @@ def plot_z_histograms(draws, exact_means, exact_sds, sigmas, dim_labels=("$z_1$"
     draws = np.asarray(draws, dtype=float)
     r_n, s_n, _, m_n = draws.shape
     row_labels = row_labels or [""] * r_n
-    fig, axes = plt.subplots(r_n * m_n, s_n, figsize=(2.1 * s_n, 1.7 * r_n * m_n), squeeze=False,
+    fig, axes = plt.subplots(r_n * m_n, s_n, figsize=figsize(s_n, r_n * m_n, row_height=1.5), squeeze=False,
                              constrained_layout=True)
     t = np.linspace(-3.5, 3.5, 400)
     prior = np.exp(-0.5 * t ** 2) / np.sqrt(2 * np.pi)
@@ -707,7 +708,7 @@ def plot_z_histograms(draws, exact_means, exact_sds, sigmas, dim_labels=("$z_1$"
                     ax.set_title(f"$\\sigma$ = {sigmas[s]:g}")
                 if s == 0:
                     ax.set_ylabel(f"{row_labels[r]} {dim_labels[k]}".strip())
-    axes[0, -1].legend(fontsize=7, loc="upper right")
+    axes[0, -1].legend(fontsize=8, loc="upper right")
     return fig
 
 
@@ -725,7 +726,7 @@ def plot_sd_vs_sigma(sigmas, curves, sigma_fine=None, exact_fn=None):
     """
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, len(curves), figsize=(4.2 * len(curves), 3.3), squeeze=False,
+    fig, axes = plt.subplots(1, len(curves), figsize=figsize(len(curves), row_height=3.3), squeeze=False,
                              constrained_layout=True, sharey=True)
     for ax, (label, c) in zip(axes.flat, curves.items()):
         nuts, exact = np.asarray(c["nuts"]), np.asarray(c["exact"])
@@ -740,7 +741,7 @@ def plot_sd_vs_sigma(sigmas, curves, sigma_fine=None, exact_fn=None):
                 ax.axvline(c["sqrt_lambda"][k], color=f"C{k}", ls=":", lw=1)
         ax.axhline(1.0, color="k", ls="--", lw=1, label="prior sd")
         ax.set(xscale="log", yscale="log", xlabel="assumed noise sd $\\sigma$", title=label)
-        ax.legend(fontsize=7)
+        ax.legend(fontsize=8)
     axes[0, 0].set_ylabel("posterior sd of $z_k$")
     return fig
 
@@ -759,7 +760,7 @@ def plot_chain_histograms(z_raw, z_aligned, exact_mean, exact_sd, title: str = "
 
     z_raw, z_aligned = np.asarray(z_raw, dtype=float), np.asarray(z_aligned, dtype=float)
     m_n = z_raw.shape[-1]
-    fig, axes = plt.subplots(2, m_n, figsize=(3.4 * m_n, 4.2), squeeze=False, constrained_layout=True)
+    fig, axes = plt.subplots(2, m_n, figsize=figsize(m_n, 2, row_height=2.1), squeeze=False, constrained_layout=True)
     lo = min(z_raw.min(), z_aligned.min(), -3.0)
     hi = max(z_raw.max(), z_aligned.max(), 3.0)
     t = np.linspace(lo, hi, 400)
@@ -773,7 +774,7 @@ def plot_chain_histograms(z_raw, z_aligned, exact_mean, exact_sd, title: str = "
                     "k-", lw=1, label="exact (W fixed)")
             ax.plot(t, np.exp(-0.5 * t ** 2) / np.sqrt(2 * np.pi), "k--", lw=1, label="prior")
             ax.set(title=f"{label} $z_{k + 1}$", yticks=[])
-    axes[0, -1].legend(fontsize=7)
+    axes[0, -1].legend(fontsize=8)
     if title:
         fig.suptitle(title)
     return fig

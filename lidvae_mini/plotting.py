@@ -1,0 +1,90 @@
+"""Figure sizes for the book's text column, so that a reader at a 1280-px browser window can read the ticks.
+
+The book's HTML text column is 676 px wide at a 1280 x 900 window (sphinx-book-theme 1.3 with a scroll bar;
+measured by ``tests/test_book_html.py``). The notebook backend saves figures as PNG at matplotlib's default ``DPI`` = 100
+and the page shrinks any wider image to the column, so a figure's width decides the size at which its tick
+labels render: a ``TEXT_WIDTH`` = 6.75-inch figure shows at (about) its natural size and its 10-pt tick labels
+at ``10 * 100 / 72`` = 14 px, while a 13-inch figure squeezed into the same column renders them at 7.2 px and
+a 16-inch one at 5.9 px. Every multi-panel figure of the book is therefore at most ``TEXT_WIDTH`` wide: more
+panels mean narrower panels (or more rows), never a wider figure.
+
+Usage::
+
+    from lidvae_mini.plotting import subplots
+    fig, axes = subplots(1, 3)                 # 6.75 in wide, height from the panel width
+    fig, axes = subplots(2, 2, row_height=2.6) # explicit row height (inches)
+"""
+from __future__ import annotations
+
+TEXT_WIDTH = 6.75
+"""Width (inches) of a figure that fills the text column at ``DPI`` without being shrunk."""
+DPI = 100
+"""Dots per inch of the PNGs the notebook backend writes (matplotlib's ``figure.dpi`` default)."""
+TICK_PT = 10.0
+"""Tick-label size (points) of the book's figures: matplotlib's default ``xtick.labelsize`` ('medium' = 10 pt)."""
+MIN_LEGIBLE_PX = 9.0
+"""Smallest tick-label size (CSS px at a 1280-px window) the book accepts."""
+MAX_ROW_HEIGHT = 3.2
+"""Tallest default row (inches): a single wide panel should not fill the screen."""
+
+
+def figsize(ncols: int = 1, nrows: int = 1, row_height: float | None = None,
+            width: float = TEXT_WIDTH) -> tuple[float, float]:
+    """``(width, height)`` in inches of a grid of ``nrows`` x ``ncols`` panels that fits the text column.
+
+    Args:
+        ncols, nrows: panels per row and rows (positive ints).
+        row_height: height of one row (inches); default ``min(0.8 * panel width + 0.5, MAX_ROW_HEIGHT)``.
+        width: figure width (inches), at most ``TEXT_WIDTH`` (default) so that nothing is shrunk.
+
+    Raises:
+        ValueError: if ``ncols`` or ``nrows`` is not a positive int, ``row_height`` is not positive, or
+            ``width`` is not in ``(0, TEXT_WIDTH]``.
+    """
+    for name, v in (("ncols", ncols), ("nrows", nrows)):
+        if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+            raise ValueError(f"{name} must be a positive int, got {v!r}")
+    if not 0 < width <= TEXT_WIDTH:
+        raise ValueError(f"width must lie in (0, {TEXT_WIDTH}] inches (the text column), got {width!r}")
+    if row_height is None:
+        row_height = min(0.8 * width / ncols + 0.5, MAX_ROW_HEIGHT)
+    elif not row_height > 0:
+        raise ValueError(f"row_height must be positive (inches), got {row_height!r}")
+    return (float(width), float(row_height) * nrows)
+
+
+def subplots(nrows: int = 1, ncols: int = 1, *, row_height: float | None = None, width: float = TEXT_WIDTH,
+             **kwargs):
+    """``matplotlib.pyplot.subplots`` sized by :func:`figsize`, with ``constrained_layout`` on by default.
+
+    Args:
+        nrows, ncols, row_height, width: as :func:`figsize`.
+        **kwargs: passed to ``plt.subplots`` (``squeeze``, ``sharex``, ...); ``figsize`` is not accepted.
+
+    Returns:
+        ``(figure, axes)`` as ``plt.subplots``.
+
+    Raises:
+        ValueError: as :func:`figsize`, or if ``figsize`` is passed.
+    """
+    import matplotlib.pyplot as plt
+
+    if "figsize" in kwargs:
+        raise ValueError("subplots sizes the figure for the text column: pass row_height/width, not figsize")
+    if "layout" not in kwargs and "tight_layout" not in kwargs:
+        kwargs.setdefault("constrained_layout", True)
+    return plt.subplots(nrows, ncols, figsize=figsize(ncols, nrows, row_height, width), **kwargs)
+
+
+def tick_px(image_px: float, shown_px: float, dpi: float = DPI, tick_pt: float = TICK_PT) -> float:
+    """Rendered size (CSS px) of ``tick_pt`` labels in a PNG ``image_px`` wide at ``dpi``, shown ``shown_px`` wide.
+
+    ``tick_pt * dpi / 72`` pixels in the image, scaled by ``shown_px / image_px`` in the page.
+
+    Raises:
+        ValueError: if a size is not positive.
+    """
+    for name, v in (("image_px", image_px), ("shown_px", shown_px), ("dpi", dpi), ("tick_pt", tick_pt)):
+        if not v > 0:
+            raise ValueError(f"{name} must be positive, got {v!r}")
+    return tick_pt * dpi / 72.0 * shown_px / image_px
