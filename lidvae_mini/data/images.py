@@ -3,7 +3,8 @@
 Files are read from ``data_dir`` (else ``$LIDVAE_DATA``, else ``~/.cache/lidvae_mini``), in the sub-folders
 ``mnist/``, ``fashion-mnist/`` and ``omniglot/``; their SHA-256 is checked against the values below (from the
 project's data provenance file ``SOURCES.md``). Nothing is downloaded unless a caller asks for it with
-``download=True`` (MNIST and Fashion-MNIST only; never used in tests or CI).
+``download=True`` or ``python -m lidvae_mini.data.download mnist fashion_mnist`` (MNIST and Fashion-MNIST only;
+never used in tests or CI); the missing-file error of those two names gives that command.
 
 Conventions: images are float32 in [0, 1], flattened row-major to (N, 784); labels are int64. The
 likelihood of every image set is Bernoulli: train on :func:`binarize` (dynamic binarisation, fresh bits
@@ -63,6 +64,17 @@ _DOWNLOAD_BASE = {
     "fashion-mnist": "http://fashion-mnist.s3-website.eu-central-1.amazonaws.com/",
 }
 
+#: The datasets with a public mirror, which ``python -m lidvae_mini.data.download NAME`` (or ``download=True`` of
+#: their loader) fetches, keeping each file only when its SHA-256 matches.
+DOWNLOADABLE = ("mnist", "fashion_mnist")
+
+
+def download_command(name: str) -> str:
+    """The shell command that downloads dataset ``name`` (one of :data:`DOWNLOADABLE`) into the data directory."""
+    check_choice(name, "downloadable dataset", DOWNLOADABLE)
+    return f"python -m lidvae_mini.data.download {name}"
+
+
 #: Names accepted by :func:`load_dataset`.
 DATASETS = ("pinwheel", "mnist", "fashion_mnist", "omniglot")
 
@@ -99,7 +111,8 @@ def require_dataset(name: str, data_dir=None, verify: bool = True) -> Path | Non
     if DATASET_FILES[name] is None:
         return None
     subdir, table, source = DATASET_FILES[name]
-    return require_files(subdir, tuple(table), root=data_dir, checksums=table if verify else None, source=source)
+    return require_files(subdir, tuple(table), root=data_dir, checksums=table if verify else None, source=source,
+                         download=download_command(name) if name in DOWNLOADABLE else "")
 
 
 # ----------------------------------------------------------------------------------------------------- IDX
@@ -155,7 +168,8 @@ def _load_idx_pair(subdir: str, table: dict, source: str, split: str, data_dir, 
     if download:
         _download(subdir, (img_name, lbl_name), data_dir)
     checksums = {img_name: table[img_name], lbl_name: table[lbl_name]} if verify else None
-    folder = require_files(subdir, (img_name, lbl_name), root=data_dir, checksums=checksums, source=source)
+    folder = require_files(subdir, (img_name, lbl_name), root=data_dir, checksums=checksums, source=source,
+                           download=download_command(subdir.replace("-", "_")))
     images = read_idx(folder / img_name, IDX_IMAGES_MAGIC)
     labels = read_idx(folder / lbl_name, IDX_LABELS_MAGIC)
     if images.shape[0] != labels.shape[0]:

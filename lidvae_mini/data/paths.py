@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import shlex
 from pathlib import Path
 
 ENV_VAR = "LIDVAE_DATA"
@@ -31,7 +32,7 @@ def sha256(path: str | os.PathLike) -> str:
 
 
 def require_files(subdir: str, files, root: str | os.PathLike | None = None, checksums: dict | None = None,
-                  source: str = "") -> Path:
+                  source: str = "", download: str = "") -> Path:
     """Return ``data_dir(root)/subdir`` after checking that every file in ``files`` exists there.
 
     Args:
@@ -40,6 +41,9 @@ def require_files(subdir: str, files, root: str | os.PathLike | None = None, che
         root: data directory (see :func:`data_dir`).
         checksums: optional ``{file name: sha256}``; a mismatch raises ``ValueError``.
         source: where a reader can get the files (printed in the error).
+        download: a shell command that fetches the files with their checksums checked, e.g.
+            ``python -m lidvae_mini.data.download mnist`` (printed in the error; ``--data-dir`` is added when
+            ``root`` is given).
 
     Raises:
         MissingDataError: some files are absent; the message lists them and the folder to put them in.
@@ -48,9 +52,13 @@ def require_files(subdir: str, files, root: str | os.PathLike | None = None, che
     folder = data_dir(root) / subdir
     missing = [f for f in files if not (folder / f).is_file()]
     if missing:
+        if download and root is not None:
+            download += f" --data-dir {shlex.quote(str(data_dir(root)))}"
+        fetch = (f" Download them (SHA-256 checked) with `{download}` (in a Colab or Jupyter cell: prefix `!`), "
+                 "then rerun; or put them" if download else " Put them")
         hint = f" Get them from {source}." if source else ""
         raise MissingDataError(
-            f"missing data file(s) {', '.join(missing)} in {folder}. Put them there, or pass data_dir=... "
+            f"missing data file(s) {', '.join(missing)} in {folder}.{fetch} there, or pass data_dir=... "
             f"(or set ${ENV_VAR}) to the folder that holds '{subdir}/'.{hint}")
     for name, digest in (checksums or {}).items():
         got = sha256(folder / name)
