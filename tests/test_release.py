@@ -1,0 +1,126 @@
+"""Release pinning: ``lidvae_mini.__version__`` is the one source; every Colab pin (``.md`` and ``.ipynb``), the launch
+branch of ``_config.yml`` and ``CHANGELOG.md`` follow it, and ``python -m lidvae_mini.release bump`` keeps them so."""
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+
+import jupytext
+import nbformat
+import pytest
+
+import lidvae_mini
+from conftest import ROOT, chapter_sources
+from lidvae_mini import release
+
+
+def _copy_release_files(dst):
+    """The files a release touches, copied into ``dst`` (a scratch repository root)."""
+    (dst / "book").mkdir()
+    (dst / "lidvae_mini").mkdir()
+    for p in (ROOT / "book").iterdir():
+        if p.suffix in (".md", ".ipynb"):
+            shutil.copy(p, dst / "book" / p.name)
+    for name in ("_config.yml", "CHANGELOG.md", "lidvae_mini/__init__.py"):
+        shutil.copy(ROOT / name, dst / name)
+    return dst
+
+
+def _cells(nb):
+    return [(c.cell_type, c.source.strip(), sorted(c.metadata.get("tags", []))) for c in nb.cells]
+
+
+def test_the_repository_is_consistent_with_its_version():
+    errors, _ = release.check(ROOT)
+    assert errors == [], "\n".join(errors) + "\nfix: python -m lidvae_mini.release bump X.Y.Z (CONTRIBUTING.md)"
+    assert release.read_version(ROOT) == lidvae_mini.__version__
+
+
+def test_every_chapter_and_its_twin_pin_exactly_the_version():
+    pins = release.pins(ROOT)
+    tag = f"v{lidvae_mini.__version__}"
+    for md in chapter_sources():
+        for path in (md, md.with_suffix(".ipynb")):
+            assert pins[path.relative_to(ROOT).as_posix()] == [tag], path.name
+    assert release.launch_branch(ROOT) == tag
+
+
+def test_bump_rewrites_every_place_and_keeps_the_pairs(tmp_path):
+    root = _copy_release_files(tmp_path)
+    changed = release.bump(root, "9.8.7", date="2030-01-02")
+    assert "lidvae_mini/__init__.py" in changed and "_config.yml" in changed and "CHANGELOG.md" in changed
+    errors, _ = release.check(root)
+    assert errors == [], errors
+    assert release.read_version(root) == "9.8.7" and release.launch_branch(root) == "v9.8.7"
+    assert set(map(tuple, release.pins(root).values())) == {("v9.8.7",)}
+    log = (root / "CHANGELOG.md").read_text()
+    assert log.index("## [Unreleased]") < log.index("## [9.8.7] - 2030-01-02")
+    for md in sorted((root / "book").glob("*.md")):
+        if md.with_suffix(".ipynb").exists():             # text edits keep .md and .ipynb paired, ids and all
+            before = nbformat.read(ROOT / "book" / md.with_suffix(".ipynb").name, as_version=4)
+            after = nbformat.read(md.with_suffix(".ipynb"), as_version=4)
+            assert _cells(jupytext.read(md)) == _cells(after)
+            assert [c.get("id") for c in before.cells] == [c.get("id") for c in after.cells]
+    assert release.bump(root, "9.8.7", date="2030-01-02") == []        # idempotent
+
+
+def test_bump_dates_a_prepared_section(tmp_path):
+    root = _copy_release_files(tmp_path)
+    version = lidvae_mini.__version__
+    release.bump(root, version, date="2030-01-02")
+    log = (root / "CHANGELOG.md").read_text()
+    assert f"## [{version}] - 2030-01-02" in log and log.count(f"## [{version}]") == 1
+
+
+@pytest.mark.parametrize("bad", ["v1.2.3", "1.2", "1.2.3rc1", "", None])
+def test_bump_refuses_a_bad_version_and_writes_nothing(bad, tmp_path):
+    root = _copy_release_files(tmp_path)
+    before = {p: p.read_bytes() for p in root.rglob("*") if p.is_file()}
+    with pytest.raises(ValueError, match="X.Y.Z"):
+        release.bump(root, bad)
+    assert {p: p.read_bytes() for p in root.rglob("*") if p.is_file()} == before
+
+
+def test_check_names_each_drift(tmp_path):
+    root = _copy_release_files(tmp_path)
+    nb = sorted((root / "book").glob("0*.ipynb"))[0]
+    nb.write_text(nb.read_text().replace(f"@v{lidvae_mini.__version__}", "@main"))
+    config = root / "_config.yml"
+    config.write_text(config.read_text().replace(f"branch: v{lidvae_mini.__version__}", "branch: main"))
+    (root / "CHANGELOG.md").write_text("# Changelog\n\n## [Unreleased]\n")
+    errors, _ = release.check(root)
+    assert len(errors) == 3, errors
+    assert nb.name in errors[0] and "'main'" in errors[1] and "CHANGELOG.md" in errors[2]
+
+
+def test_require_tag_in_a_scratch_repository(tmp_path):
+    """The Pages workflow's gate: no tag fails; a tag passes; a notebook changed since the tag is a warning."""
+    root = _copy_release_files(tmp_path)
+    env = {**os.environ, "GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@example.org", "GIT_COMMITTER_NAME": "t",
+           "GIT_COMMITTER_EMAIL": "t@example.org", "GIT_CONFIG_GLOBAL": os.devnull, "GIT_CONFIG_NOSYSTEM": "1"}
+
+    def git(*args):
+        subprocess.run(["git", *args], cwd=root, env=env, check=True, capture_output=True)
+    git("init", "-q")
+    git("add", ".")
+    git("commit", "-q", "-m", "release")
+    tag = f"v{lidvae_mini.__version__}"
+    errors, _ = release.check(root, require_tag=True)
+    assert len(errors) == 1 and f"git tag {tag} does not exist" in errors[0]
+    git("tag", tag)
+    assert release.check(root, require_tag=True) == ([], [])
+    nb = sorted((root / "book").glob("0*.ipynb"))[0]
+    nb.write_text(nb.read_text() + "\n")
+    errors, warnings = release.check(root, require_tag=True)
+    assert errors == [] and len(warnings) == 1 and nb.name in warnings[0] and "differs" in warnings[0]
+
+
+def test_command_line(tmp_path):
+    run = [sys.executable, "-m", "lidvae_mini.release"]
+    ok = subprocess.run([*run, "--root", str(ROOT), "check"], capture_output=True, text=True, timeout=120)
+    assert ok.returncode == 0, ok.stdout + ok.stderr
+    bad = subprocess.run([*run, "--root", str(tmp_path), "bump", "1.0.0"], capture_output=True, text=True,
+                         timeout=120)
+    assert bad.returncode == 2 and "not the repository root" in bad.stderr
