@@ -37,7 +37,8 @@ def as_float_array(x, name: str, ndim: int | None = None, shape: tuple | None = 
                          + transposed_hint(name, arr.shape, (None,) * ndim))
     if shape is not None:
         if not _matches(arr.shape, tuple(shape)):
-            want = tuple("*" if s is None else s for s in shape)
+            want = ", ".join("*" if s is None else str(s) for s in shape)
+            want = f"({want}{',' if len(shape) == 1 else ''})"
             raise ValueError(f"{name} must have shape {want}, got {arr.shape}"
                              + transposed_hint(name, arr.shape, tuple(shape)))
     if not np.all(np.isfinite(arr)):

@@ -31,8 +31,9 @@ class Spec:
     """What one parameter may be.
 
     ``kind``: ``"int"``, ``"float"`` (a real number; an int is accepted), ``"bool"``, ``"str"``, ``"path"`` (a
-    string), ``"device"`` (``"auto"``, ``"cpu"``, ``"cuda"`` or ``"cuda:N"``; CUDA only where it is available) or
-    ``"text"`` (any string), ``"any"`` (not checked) or ``"list"`` (a list or tuple whose entries satisfy ``item``, with ``min_len <= len <= max_len``).
+    string), ``"device"`` (``"auto"``, ``"cpu"``, ``"cuda"`` or ``"cuda:N"``; CUDA only where it is available),
+    ``"text"`` (any string), ``"any"`` (not checked) or ``"list"`` (a list or tuple whose entries satisfy ``item``,
+    with ``min_len <= len <= max_len``).
     ``low``/``high``: inclusive bounds of a number (exclusive when ``low_open``/``high_open``). ``choices``: the
     allowed strings. ``none``: ``None`` is allowed too.
     """
@@ -118,6 +119,12 @@ SPECS: dict[str, dict[str, Spec]] = {
                     lr=POSITIVE, batch_size=COUNT, iwae_samples=COUNT, yahoo_n=Int(0), yahoo_n_valid=COUNT,
                     yahoo_n_test=COUNT, yahoo_vocab=Int(5), yahoo_max_len=COUNT, yahoo_latent_dim=COUNT,
                     yahoo_epochs=COUNT, n_interp=Int(2), seed=SEED, data_dir=FOLDER, out_dir=FOLDER),
+    "10_avae": dict(methods=List(Choice("vae", "beta_vae", "lidvae", "avae", "lid_avae"), 1), n_train=Int(3),
+                    n_valid=COUNT, n_test=COUNT, epochs=COUNT, batch_size=COUNT, lr=POSITIVE,
+                    latent_dim=Int(1, MNIST_PIXELS), encoder_hidden=WIDTHS, icnn_hidden=TWO_WIDTHS, alpha=POSITIVE,
+                    kde_size=Int(2), refresh_every=COUNT, n_generate=COUNT, pr_k=COUNT, sensitivity_step=POSITIVE,
+                    flat_threshold=POSITIVE, mds_points=Int(2), seed=SEED, seeds=List(SEED, 1, none=True),
+                    data_dir=FOLDER, device=DEVICE, out_dir=FOLDER),
     "11_diagnose": dict(sigmas=List(POSITIVE, 1), n_points=COUNT, n_samples=COUNT, kl_threshold=POSITIVE,
                         synth_n=COUNT, synth_epochs=COUNT, pin_n=COUNT, pin_epochs=COUNT, pin_alpha=POSITIVE,
                         mnist_models=List(Choice("vae", "beta_vae", "lagging_vae", "lidvae")), mnist_n=COUNT,
@@ -138,6 +145,8 @@ RULES: dict[str, list[tuple[tuple[str, ...], object, str]]] = {
     "03_gmm": [(("data", "n"), lambda p: p["data"] != "official" or p["n"] <= 10_000,
                 "n <= 10000 with data='official' (the official files hold 10^4 points; use data='auto' or "
                 "'regenerated' for more)")],
+    "10_avae": [(("kde_size", "n_train"), lambda p: p["kde_size"] < p["n_train"],
+                 "kde_size < n_train (the AVAE holds its KDE codes out of the training images)")],
     "08_images": [(("num_clusters", "latent_dim"), lambda p: not _example1_rows(p) or p["num_clusters"]
                    <= p["latent_dim"], "num_clusters <= latent_dim for the rows with Example 1's prior "
                    "(lidgmvae, gmvae_example1: the paper's Example 1 needs K >= C)")],

@@ -219,3 +219,12 @@ def test_damaged_data_file_is_reported_like_a_missing_one(tmp_path):
     p = reproduce.chapter_parameters(BOOK / "08_images.ipynb")
     with pytest.raises(MissingDataError, match="(?s)nothing was run.*omniglot .*checksum mismatch"):
         reproduce.check_data("08_images", {**p, "datasets": ["omniglot"], "depths": [], "data_dir": str(tmp_path)})
+
+
+def test_console_of_a_run_is_quiet(tiny_book, tmp_path):
+    """The kernel runs over IPC sockets: ipykernel's "running over TCP without encryption" warning (and its
+    shutdown noise) does not reach the console."""
+    res = _cli("00_tiny", "--book", tiny_book, "--out", tmp_path / "run")
+    assert res.returncode == 0, res.stderr
+    assert "without encryption" not in res.stderr and "IPKernelApp" not in res.stderr, res.stderr
+    assert res.stdout.startswith("run folder:") and not list(tmp_path.glob(".run*"))
