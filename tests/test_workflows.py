@@ -128,6 +128,15 @@ def test_pages_workflow_builds_with_the_makefiles_command_and_publishes_its_outp
     assert upload["with"]["path"] == out, (upload, out)
 
 
+def test_pages_workflow_sets_the_makefiles_environment():
+    """``export NAME := value`` lines of the Makefile (TQDM_DISABLE, OMP_NUM_THREADS) hold in the build job too."""
+    exports = dict(re.findall(r"^export\s+(\w+)\s*[:?]?=\s*([^$\s]+)\s*$", (ROOT / "Makefile").read_text(),
+                              flags=re.M))
+    assert exports, "the Makefile exports nothing? (this test parses `export NAME := value`)"
+    env = _workflow()["jobs"]["build"].get("env", {})
+    assert {k: str(env.get(k)) for k in exports} == exports
+
+
 def test_pages_workflow_triggers_permissions_and_pinned_actions():
     data = _workflow()
     assert data["on"]["push"]["branches"] == ["main"] and "workflow_dispatch" in data["on"]
