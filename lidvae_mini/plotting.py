@@ -88,3 +88,15 @@ def tick_px(image_px: float, shown_px: float, dpi: float = DPI, tick_pt: float =
         if not v > 0:
             raise ValueError(f"{name} must be positive, got {v!r}")
     return tick_pt * dpi / 72.0 * shown_px / image_px
+
+
+STYLE = {"figure.figsize": (TEXT_WIDTH, 3.0), "figure.dpi": DPI, "axes.titlesize": 10.0, "legend.fontsize": 8.0,
+         "xtick.labelsize": TICK_PT, "ytick.labelsize": TICK_PT}
+"""The book's matplotlib settings: a column-wide default figure, 10-pt titles (panels are narrow), 8-pt legends."""
+
+
+def use_style() -> None:
+    """Apply :data:`STYLE` to ``matplotlib.rcParams`` (a chapter calls it once, in its imports cell)."""
+    import matplotlib as mpl
+
+    mpl.rcParams.update(STYLE)
