@@ -170,7 +170,7 @@ def _make(target, cwd, **env):
 def test_execution_cache_key_follows_the_package_not_the_chapters(tmp_path):
     """The key changes with a package file's content (added files too), the committed results, the requirements and
     the data folder; not with a file's time stamp or a chapter (jupyter-cache keys the chapters). ``exec-cache``
-    clears ``_build/.jupyter_cache`` exactly when the key changed."""
+    clears ``_build/.jupyter_cache`` exactly when the key (kept in that folder) changed."""
     shutil.copy(ROOT / "Makefile", tmp_path)
     for name in ("lidvae_mini", "results", "book/params"):
         shutil.copytree(ROOT / name, tmp_path / name, ignore=shutil.ignore_patterns("__pycache__"))
@@ -199,12 +199,15 @@ def test_execution_cache_key_follows_the_package_not_the_chapters(tmp_path):
     assert _make("exec-key", tmp_path, LIDVAE_DATA="/other") != key
 
     cache = tmp_path / "_build" / ".jupyter_cache"
-    _make("exec-cache", tmp_path, **data)                          # no key yet: cleared, key written
-    cache.mkdir()
-    assert "unchanged" in _make("exec-cache", tmp_path, **data) and cache.is_dir()
+    cache.mkdir(parents=True)
+    (cache / "global.db").write_text("an earlier build's")
+    assert "cleared" in _make("exec-cache", tmp_path, **data)     # no key yet: cleared, key written
+    assert [p.name for p in cache.iterdir()] == ["lidvae-exec-key"]
+    (cache / "global.db").write_text("this build's")
+    assert "unchanged" in _make("exec-cache", tmp_path, **data) and (cache / "global.db").exists()
     train.write_text(text + "# edit\n")
-    assert "cleared" in _make("exec-cache", tmp_path, **data) and not cache.exists()
-    assert (tmp_path / "_build" / ".exec-key").read_text().strip() == _make("exec-key", tmp_path, **data)
+    assert "cleared" in _make("exec-cache", tmp_path, **data) and not (cache / "global.db").exists()
+    assert (cache / "lidvae-exec-key").read_text().strip() == _make("exec-key", tmp_path, **data)
 
 
 CACHED_CHAPTER = """---
