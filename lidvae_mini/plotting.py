@@ -21,11 +21,11 @@ TEXT_WIDTH = 6.75
 DPI = 100
 """Dots per inch of the PNGs the notebook backend writes (matplotlib's ``figure.dpi`` default)."""
 TICK_PT = 10.0
-"""Tick-label size (points) of the book's figures: matplotlib's default ``xtick.labelsize`` ('medium' = 10 pt)."""
+"""Tick-label size of the book's figures, in points (matplotlib's default ``xtick.labelsize``, 'medium' = 10 pt)."""
 MIN_LEGIBLE_PX = 9.0
 """Smallest tick-label size (CSS px at a 1280-px window) the book accepts."""
 MAX_ROW_HEIGHT = 3.2
-"""Tallest default row (inches): a single wide panel should not fill the screen."""
+"""Tallest default row, in inches (a single wide panel should not fill the screen)."""
 
 
 def figsize(ncols: int = 1, nrows: int = 1, row_height: float | None = None,
@@ -92,7 +92,7 @@ def tick_px(image_px: float, shown_px: float, dpi: float = DPI, tick_pt: float =
 
 STYLE = {"figure.figsize": (TEXT_WIDTH, 3.0), "figure.dpi": DPI, "axes.titlesize": 10.0, "legend.fontsize": 8.0,
          "xtick.labelsize": TICK_PT, "ytick.labelsize": TICK_PT}
-"""The book's matplotlib settings: a column-wide default figure, 10-pt titles (panels are narrow), 8-pt legends."""
+"""The book's matplotlib settings (a column-wide default figure, 10-pt titles as panels are narrow, 8-pt legends)."""
 
 
 def use_style() -> None:

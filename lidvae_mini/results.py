@@ -323,6 +323,217 @@ def load_result(chapter: str, setting: str, root: str | Path | None = None) -> R
     return result
 
 
+
+# ------------------------------------------------------------------------------------------- the results page
+#: The book's pages; a section that renders a committed result calls ``load_result("CHAPTER", "SETTING")``.
+BOOK_DIR = _REPO_ROOT / "book"
+#: The status of each of the paper's tables and figures, with its evidence (rendered by the results page).
+PAPER_STATUS_FILE = BOOK_DIR / "paper_status.yml"
+#: What a status of the paper-status file means.
+PAPER_STATUSES = {
+    "reproduced": "the claim holds in this book's runs, at the scale stated",
+    "partially": "part of the claim holds, or it holds only with a stated change of model, data or scale",
+    "not": "the claim does not hold in this book's runs, at the scale stated",
+    "corrected": "the paper's figure, table or statement is wrong, and the book shows the correct version",
+}
+_LOAD_CALL = r"""load_result\(\s*["']([^"']+)["']\s*,\s*["']([^"']+)["']"""
+
+
+@dataclass(frozen=True)
+class ResultRow:
+    """One committed result folder as the results page lists it (read by :func:`result_rows`)."""
+
+    chapter: str                 #: the chapter the runs executed (``environment.json``, else the folder's parent)
+    setting: str                 #: the folder's name, e.g. ``"cpu"``
+    scale: str                   #: ``"ci"``, ``"cpu"`` or ``"paper"``
+    seeds: dict                  #: ``{parameter: seeds}`` of the seed parameters the numbers come from
+    n_runs: int                  #: runs combined in the folder (1 for a single run)
+    device: str                  #: e.g. ``"CPU (2 cores)"`` or the CUDA device names
+    commits: tuple               #: full commit hashes of the runs
+    dirty: bool                  #: whether any run had uncommitted changes
+    wall_time_s: float | None    #: total wall time of the runs, seconds
+    sections: tuple = ()         #: ``(page, label or None)`` of every book section that loads it
+
+    @property
+    def folder(self) -> str:
+        """``"results/CHAPTER/SETTING"``."""
+        return f"results/{self.chapter}/{self.setting}"
+
+
+def _seed_parameters(params: dict) -> dict:
+    """The seed lists of a run's parameters: ``seeds`` and every ``*_seeds`` that is set, else ``seed``."""
+    lists = {k: v for k, v in params.items() if (k == "seeds" or k.endswith("_seeds")) and v not in (None, [])}
+    return lists or ({"seed": params["seed"]} if params.get("seed") is not None else {})
+
+
+def _device_text(env: dict) -> str:
+    devices = []
+    for run in env.get("runs") or [env]:
+        dev = run.get("device") or {}
+        text = ", ".join(dev.get("torch_cuda") or []) or f"CPU ({dev.get('cpu_count', '?')} cores)"
+        devices.append(text)
+    return "; ".join(dict.fromkeys(devices))
+
+
+def _page_structure(text: str):
+    """``(line index, kind, value)`` of a MyST page's headings (``"heading"``, title), labels (``"label"``) and
+    load_result calls (``"load"``, ``(chapter, setting)``); headings and labels inside code fences are skipped."""
+    import re
+
+    fence, out = None, []
+    for i, line in enumerate(text.splitlines()):
+        stripped = line.strip()
+        marker = re.match(r"^(`{3,}|~{3,})", stripped)
+        if fence is None and marker:
+            fence = marker.group(1)
+        elif fence is not None and stripped == fence:
+            fence = None
+        if fence is None and not marker:
+            if m := re.match(r"^\(([\w.:-]+)\)=\s*$", line):
+                out.append((i, "label", m.group(1)))
+            elif m := re.match(r"^(#{1,6})\s+(.*)$", line):
+                out.append((i, "heading", m.group(2).strip()))
+        out += [(i, "load", m) for m in re.findall(_LOAD_CALL, line)]
+    return out
+
+
+def rendering_sections(book: str | Path | None = None) -> dict:
+    """Where the book renders each committed result: ``{(chapter, setting): [(page, label or None), ...]}``.
+
+    A page renders ``results/CHAPTER/SETTING`` where a cell calls ``load_result("CHAPTER", "SETTING")`` with
+    literal arguments; the section is the heading above the call, named by the MyST label ``(label)=`` on the
+    line before that heading (``None`` when the heading has none: link to the page then).
+    """
+    book = Path(book) if book is not None else BOOK_DIR
+    found: dict = {}
+    for page in sorted(book.glob("*.md")):
+        items = _page_structure(page.read_text())
+        for n, (i, kind, value) in enumerate(items):
+            if kind != "load":
+                continue
+            headings = [k for k in range(n) if items[k][1] == "heading"]
+            label = None
+            if headings:
+                h = headings[-1]
+                before = items[h - 1] if h > 0 else None
+                if before and before[1] == "label" and before[0] == items[h][0] - 1:
+                    label = before[2]
+            entry = (page.stem, label)
+            if entry not in found.setdefault(tuple(value), []):
+                found[tuple(value)].append(entry)
+    return found
+
+
+def result_rows(root: str | Path | None = None, book: str | Path | None = None) -> list[ResultRow]:
+    """Every committed result folder ``results/CHAPTER/SETTING``, sorted, as the rows of the results page.
+
+    ``root``: the ``results/`` folder (default :func:`results_dir`); ``book``: the folder of the book's pages, read
+    for the sections that render each result (:func:`rendering_sections`; default the repository's ``book/``).
+
+    Raises:
+        FileNotFoundError: a folder lacks ``metrics.json``, ``params.yaml`` or ``environment.json``.
+        ValueError: a folder records no valid scale label.
+    """
+    base = results_dir(root)
+    if base is None:
+        return []
+    sections = rendering_sections(book)
+    rows = []
+    for folder in sorted(p for p in base.glob("*/*") if p.is_dir()):
+        metrics, params, env = _read_run(folder)
+        result = Result(folder, metrics, params, env)
+        commits = env.get("commits") or [(env.get("git") or {}).get("commit") or "unknown"]
+        runs = env.get("runs") or [env]
+        wall = env.get("wall_time_s_total", env.get("wall_time_s"))
+        chapter, setting = folder.parent.name, folder.name
+        rows.append(ResultRow(chapter=chapter, setting=setting, scale=result.scale, seeds=_seed_parameters(params),
+                              n_runs=int(env.get("n_runs") or len(runs)), device=_device_text(env),
+                              commits=tuple(commits),
+                              dirty=bool(env.get("dirty") or (env.get("git") or {}).get("dirty")),
+                              wall_time_s=float(wall) if isinstance(wall, (int, float)) else None,
+                              sections=tuple(sections.get((chapter, setting), ()))))
+    return rows
+
+
+def _seeds_text(seeds: dict) -> str:
+    def one(v):
+        v = v if isinstance(v, list) else [v]
+        ints = all(isinstance(x, int) and not isinstance(x, bool) for x in v)
+        if ints and len(v) > 2 and v == list(range(v[0], v[0] + len(v))):
+            return f"{v[0]}–{v[-1]}"
+        return ", ".join(map(str, v))
+    if list(seeds) in (["seed"], ["seeds"]):
+        return one(next(iter(seeds.values())))
+    return "; ".join(f"{one(v)} (`{k}`)" for k, v in seeds.items())
+
+
+def _wall_text(seconds: float | None) -> str:
+    if seconds is None:
+        return "unknown"
+    return f"{seconds / 60:.0f} min" if seconds >= 90 else f"{seconds:.0f} s"
+
+
+def results_table_markdown(rows: list[ResultRow], book: str | Path | None = None) -> str:
+    """The results page's list of committed results (MyST Markdown): for each chapter, a link to it and a table
+    of its folders (chapter/setting, scale, seeds, device, commit, wall time, the section that renders it)."""
+    book = Path(book) if book is not None else BOOK_DIR
+    out = []
+    for chapter in dict.fromkeys(r.chapter for r in rows):
+        page = book / f"{chapter}.md"
+        out.append(f"{{doc}}`{chapter}`" if page.exists() else f"`{chapter}` (no chapter of this name)")
+        out.append("")
+        out.append("| folder | scale | seeds | device | commit | wall time | rendered in |")
+        out.append("|---|---|---|---|---|---|---|")
+        for r in (r for r in rows if r.chapter == chapter):
+            links = [f"{{ref}}`{label}`" if label else f"{{doc}}`{pg}`" for pg, label in r.sections]
+            if links and r.sections[0][0] != chapter:
+                links = [f"{{doc}}`{pg}`, " + link if label else link for (pg, label), link in zip(r.sections, links)]
+            commit = ", ".join(f"`{c[:7]}`" for c in r.commits) + (" (uncommitted changes)" if r.dirty else "")
+            out.append(f"| `{r.folder}` | `{r.scale}` | {_seeds_text(r.seeds)} | {r.device} | {commit} "
+                       f"| {_wall_text(r.wall_time_s)} | {'; '.join(links) or 'not rendered by any page'} |")
+        out.append("")
+    return "\n".join(out)
+
+
+def paper_status(path: str | Path | None = None) -> list[dict]:
+    """The paper's tables and figures with their status in this book (the YAML file :data:`PAPER_STATUS_FILE`).
+
+    Each item has ``item`` (e.g. ``"Figure 1(a, b)"``), ``claim``, ``status`` (a key of :data:`PAPER_STATUSES`),
+    ``scale`` (of the evidence: ``ci``, ``cpu``, ``paper`` or ``exact``), ``finding`` and ``evidence``: a list of
+    ``{"ref": label}`` (a section or errata entry) or ``{"doc": page}``.
+
+    Raises:
+        ValueError: an item lacks a field, has an unknown status or scale, or no evidence.
+    """
+    path = Path(path) if path is not None else PAPER_STATUS_FILE
+    items = yaml.safe_load(path.read_text())["items"]
+    for n, it in enumerate(items):
+        where = f"{path.name}, item {n} ({it.get('item', '?')})"
+        missing = [k for k in ("item", "claim", "status", "scale", "finding", "evidence") if not it.get(k)]
+        if missing:
+            raise ValueError(f"{where}: missing {', '.join(missing)}")
+        if it["status"] not in PAPER_STATUSES:
+            raise ValueError(f"{where}: status {it['status']!r}, expected one of {', '.join(PAPER_STATUSES)}")
+        if it["scale"] not in (*SCALES, "exact"):
+            raise ValueError(f"{where}: scale {it['scale']!r}, expected one of {', '.join(SCALES)} or exact")
+        for ev in it["evidence"]:
+            if not (isinstance(ev, dict) and len(ev) == 1 and set(ev) <= {"ref", "doc"}):
+                raise ValueError(f"{where}: evidence {ev!r} must be {{ref: label}} or {{doc: page}}")
+    return items
+
+
+def paper_status_markdown(items: list[dict]) -> str:
+    """The results page's table of the paper's tables and figures (MyST Markdown), one row per item, after a list
+    of what each status means."""
+    out = [f"- **{k}**: {v}" for k, v in PAPER_STATUSES.items()] + [""]
+    out += ["| paper | claim | status | scale | finding | evidence |", "|---|---|---|---|---|---|"]
+    for it in items:
+        links = ", ".join(f"{{{kind}}}`{target}`" for ev in it["evidence"] for kind, target in ev.items())
+        cells = [it["item"], it["claim"], f"**{it['status']}**", f"`{it['scale']}`", it["finding"], links]
+        out.append("| " + " | ".join(" ".join(str(c).split()).replace("|", "\\|") for c in cells) + " |")
+    return "\n".join(out) + "\n"
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m lidvae_mini.results", description=__doc__.split("\n\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
