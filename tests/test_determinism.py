@@ -60,8 +60,8 @@ def _cached_run(cache, notebook):
 
 
 def metric_chapters() -> list[str]:
-    """Chapters of the table of contents with a notebook twin that call ``save_metrics``, longest first when the
-    build's cache knows their execution times (else in table-of-contents order)."""
+    """Chapters of the table of contents with a notebook twin that call ``save_metrics``, longest first by the
+    build's cached execution times (largest notebook first where the cache has none, as ``make execute``)."""
     stems = [f.removeprefix("book/") for f in toc_files()]
     stems = [s for s in stems if (BOOK / f"{s}.ipynb").exists() and "save_metrics(" in (BOOK / f"{s}.md").read_text()]
     try:
@@ -69,7 +69,7 @@ def metric_chapters() -> list[str]:
         seconds = {s: (_cached_run(cache, s) or (None, None))[1] or 0.0 for s in stems}
     except Exception:   # an unreadable cache only loses the ordering; the test itself reports it
         seconds = {s: 0.0 for s in stems}
-    return sorted(stems, key=lambda s: -seconds[s])
+    return sorted(stems, key=lambda s: (-seconds[s], -(BOOK / f"{s}.ipynb").stat().st_size))
 
 
 def _comparable(obj):
