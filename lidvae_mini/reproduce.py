@@ -388,10 +388,15 @@ def run(chapter: str, overrides: dict | None = None, param_files: list[str] | No
             os.environ[DATA_ENV_VAR] = saved_env
 
 
+#: Longest path of a Unix socket (``sun_path`` holds 108 bytes on Linux, 104 on macOS), with room for the port.
+_MAX_SOCKET_DIR = 80
+
+
 def _kernel_config(folder: Path):
     """Kernel over IPC sockets in ``folder`` (POSIX): no TCP port, and no "running over TCP without encryption"
-    warning from ipykernel on the console. ``None`` (papermill's default, TCP on localhost) elsewhere."""
-    if os.name != "posix":
+    warning from ipykernel on the console. ``None`` (papermill's default, TCP on localhost) elsewhere, or where
+    ``folder``'s path is too long for a Unix socket."""
+    if os.name != "posix" or len(str(folder)) > _MAX_SOCKET_DIR:
         return None
     from traitlets.config import Config
 
@@ -425,7 +430,8 @@ def _execute(pm, chapter, notebook, bdir, defaults, params, scale, changed, out_
     env.update(chapter=chapter, command=sys.argv, started_utc=stamp, scale=scale, changed_parameters=changed)
     start = time.perf_counter()
     try:
-        with tempfile.TemporaryDirectory(prefix="lidvae-kernel-") as sockets:
+        short = "/tmp" if os.name == "posix" and os.access("/tmp", os.W_OK) else None   # a short socket path
+        with tempfile.TemporaryDirectory(prefix="lidvae-kernel-", dir=short) as sockets:
             config = _kernel_config(Path(sockets))
             pm.execute_notebook(str(notebook), str(work / f"{chapter}.ipynb"), parameters=params,
                                 cwd=str(bdir), kernel_name="python3", log_output=True, progress_bar=False,
