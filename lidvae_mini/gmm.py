@@ -890,9 +890,13 @@ def plot_loglik_alpha(curves: dict, references: dict | None = None, axes=None):
         ax.set_ylim(lo - pad, hi + pad)
         ax.set_title(name)
         ax.set_xlabel(r"$\alpha$")
-        ax.legend(fontsize=8)
-    axes[0].set_ylabel("log-likelihood (nats / datapoint)")
-    fig.tight_layout()
+    axes[0].set_ylabel("log-likelihood\n(nats / datapoint)")
+    labels = {}                                              # one legend below the row: the panels stay wide
+    for ax in axes:
+        for h, lab in zip(*ax.get_legend_handles_labels()):
+            labels.setdefault(lab, h)
+    fig.legend(list(labels.values()), list(labels), loc="lower center", ncol=len(labels), fontsize=8, frameon=False)
+    fig.tight_layout(rect=(0, 0.08, 1, 1))
     return fig
 
 
