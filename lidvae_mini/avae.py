@@ -317,6 +317,9 @@ class AVAE(DecoderFacts, nn.Module):
 
         Returns:
             ``(scalar loss, {"rec": (B,), "kl": scalar})``, nats.
+
+        Raises:
+            TypeError/ValueError: a bad batch (:meth:`check_x`), bad codes (:func:`kde_log_density`), ``scale <= 0``.
         """
         scale = check_positive(scale, "scale")
         z = self.encode(x)
@@ -434,6 +437,11 @@ def fit_avae(model: AVAE, train_x, valid_x, *, epochs: int = 10, batch_size: int
         refresh_every: steps between refreshes of the KDE codes.
         seed: seeds the permutations, the binarisation bits and the KDE subsets (parameters: see
             :func:`build_avae`). The same seed gives bitwise the same run on CPU.
+        binarize: ``None`` (data already binary for a Bernoulli decoder) or ``"dynamic"`` (fresh Bernoulli bits for
+            every minibatch, and once per epoch for the KDE subset).
+        grad_clip: maximal global gradient norm, or ``None``.
+        kl_weight: weight of the KL term: 1 (nats, default) or ``1 / ln 10`` (the reference's log-10 balance).
+        initial_scale: the ``s`` of the first epoch (default: from the validation error at initialisation).
         checkpoint_dir: where ``avae_checkpoint.pt`` is written atomically every epoch (model, optimizer, RNG,
             ``s``, history), read back with ``torch.load(weights_only=True)``; ``resume`` continues from it.
 
