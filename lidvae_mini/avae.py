@@ -295,7 +295,7 @@ class AVAE(DecoderFacts, nn.Module):
         return f"h={self.h:.4f}, identifiable={self.identifiable}"
 
     def encode(self, x: torch.Tensor) -> torch.Tensor:
-        """Codes ``E_phi(x)``, (B, D) -> (B, K). Raises as :meth:`check_x`."""
+        """Codes ``E_phi(x)``, (B, D) -> (B, K). Raises as :meth:`~lidvae_mini.vae.DecoderFacts.check_x`."""
         self.check_x(x)
         return self.encoder(x)
 
@@ -319,7 +319,7 @@ class AVAE(DecoderFacts, nn.Module):
             ``(scalar loss, {"rec": (B,), "kl": scalar})``, nats.
 
         Raises:
-            TypeError/ValueError: a bad batch (:meth:`check_x`), bad codes (:func:`kde_log_density`), ``scale <= 0``.
+            TypeError/ValueError: a bad batch (:meth:`~lidvae_mini.vae.DecoderFacts.check_x`), bad codes (:func:`kde_log_density`), ``scale <= 0``.
         """
         scale = check_positive(scale, "scale")
         z = self.encode(x)
