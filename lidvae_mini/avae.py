@@ -319,7 +319,8 @@ class AVAE(DecoderFacts, nn.Module):
             ``(scalar loss, {"rec": (B,), "kl": scalar})``, nats.
 
         Raises:
-            TypeError/ValueError: a bad batch (:meth:`~lidvae_mini.vae.DecoderFacts.check_x`), bad codes (:func:`kde_log_density`), ``scale <= 0``.
+            TypeError/ValueError: a bad batch (:meth:`~lidvae_mini.vae.DecoderFacts.check_x`), bad codes
+                (:func:`kde_log_density`), ``scale <= 0``.
         """
         scale = check_positive(scale, "scale")
         z = self.encode(x)
