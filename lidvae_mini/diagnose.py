@@ -687,7 +687,7 @@ def plot_diagnosis(diag: Diagnosis, ax=None, title: str | None = None, annotate:
                         color=VERDICT_COLOURS[v], label=f"{v} ({len(idx)})", capsize=2)
     if annotate:
         for i, name in enumerate(diag.names):
-            ax.annotate(name, (diag.sensitivity[i], diag.kl[i]), fontsize=7, xytext=(3, 3),
+            ax.annotate(name, (diag.sensitivity[i], diag.kl[i]), fontsize=8, xytext=(3, 3),
                         textcoords="offset points")
     ax.axvline(diag.thresholds.sensitivity, color="grey", ls="--", lw=1)
     ax.axhline(diag.thresholds.kl, color="grey", ls=":", lw=1)
@@ -699,5 +699,5 @@ def plot_diagnosis(diag: Diagnosis, ax=None, title: str | None = None, annotate:
     ax.set(xlabel="likelihood sensitivity $s_k$ (nats)", ylabel="$\\mathrm{KL}_k$ (nats)")
     if title:
         ax.set_title(title, fontsize=10)
-    ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.2), frameon=False)
+    ax.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.2), frameon=False)
     return ax
