@@ -425,6 +425,11 @@ def fit_avae(model: AVAE, train_x, valid_x, *, epochs: int = 10, batch_size: int
     The first ``s`` is ``initial_scale``, else the square root of the validation error at initialisation (the
     reference takes it from its configuration, e.g. ``sqrt(200)`` for CIFAR-10).
 
+    A loop of its own rather than :func:`lidvae_mini.train.fit`: fit's objective interface
+    (``model.loss(x, n_samples)``) has no place for the lagging KDE codes and their refresh schedule, the per-epoch
+    KDE subset held out of the minibatches, or the scale ``s`` set from the validation error between epochs. It
+    keeps fit's conventions: explicit seeds, atomic checkpoints read with ``weights_only=True``, a NaN guard.
+
     Differences from the reference protocol, stated: Adam at a constant ``lr`` (the reference: 5e-4 with
     ReduceLROnPlateau), an MLP encoder without BatchNorm, a global gradient-norm clip ``grad_clip``, dynamic
     binarisation for the Bernoulli head, the KL in nats (``kl_weight = 1``; see the module doc).
