@@ -462,9 +462,13 @@ def _seeds_text(seeds: dict) -> str:
         if ints and len(v) > 2 and v == list(range(v[0], v[0] + len(v))):
             return f"{v[0]}–{v[-1]}"
         return ", ".join(map(str, v))
+    if not seeds:
+        return "no seed recorded"
+    n = sum(len(v) if isinstance(v, list) else 1 for v in seeds.values())
+    word = "seed" if n == 1 else "seeds"
     if list(seeds) in (["seed"], ["seeds"]):
-        return one(next(iter(seeds.values())))
-    return "; ".join(f"{one(v)} (`{k}`)" for k, v in seeds.items())
+        return f"{word} {one(next(iter(seeds.values())))}"
+    return f"{word} " + "; ".join(f"{one(v)} (`{k}`)" for k, v in seeds.items())
 
 
 def _wall_text(seconds: float | None) -> str:
@@ -475,22 +479,22 @@ def _wall_text(seconds: float | None) -> str:
 
 def results_table_markdown(rows: list[ResultRow], book: str | Path | None = None) -> str:
     """The results page's list of committed results (MyST Markdown): for each chapter, a link to it and a table
-    of its folders (chapter/setting, scale, seeds, device, commit, wall time, the section that renders it)."""
+    of its folders (folder, scale and seeds, commit, device and wall time, the section that renders it)."""
     book = Path(book) if book is not None else BOOK_DIR
     out = []
     for chapter in dict.fromkeys(r.chapter for r in rows):
         page = book / f"{chapter}.md"
         out.append(f"{{doc}}`{chapter}`" if page.exists() else f"`{chapter}` (no chapter of this name)")
         out.append("")
-        out.append("| folder | scale | seeds | device | commit | wall time | rendered in |")
-        out.append("|---|---|---|---|---|---|---|")
+        out.append("| folder | scale, seeds | commit, device, wall time | rendered in |")
+        out.append("|---|---|---|---|")
         for r in (r for r in rows if r.chapter == chapter):
             links = [f"{{ref}}`{label}`" if label else f"{{doc}}`{pg}`" for pg, label in r.sections]
             if links and r.sections[0][0] != chapter:
                 links = [f"{{doc}}`{pg}`, " + link if label else link for (pg, label), link in zip(r.sections, links)]
             commit = ", ".join(f"`{c[:7]}`" for c in r.commits) + (" (uncommitted changes)" if r.dirty else "")
-            out.append(f"| `{r.folder}` | `{r.scale}` | {_seeds_text(r.seeds)} | {r.device} | {commit} "
-                       f"| {_wall_text(r.wall_time_s)} | {'; '.join(links) or 'not rendered by any page'} |")
+            out.append(f"| `{r.folder}` | `{r.scale}`, {_seeds_text(r.seeds)} | {commit}, {r.device}, "
+                       f"{_wall_text(r.wall_time_s)} | {'; '.join(links) or 'not rendered by any page'} |")
         out.append("")
     return "\n".join(out)
 
@@ -523,16 +527,21 @@ def paper_status(path: str | Path | None = None) -> list[dict]:
 
 
 def paper_status_markdown(items: list[dict]) -> str:
-    """The results page's table of the paper's tables and figures (MyST Markdown), one row per item, after a list
-    of what each status means."""
+    """The results page's view of the paper's tables and figures (MyST Markdown): what each status means, a
+    table of every item's status and scale side by side, then each item's claim, finding and evidence."""
+    def one_line(text) -> str:
+        return " ".join(str(text).split())
+
     out = [f"- **{k}**: {v}" for k, v in PAPER_STATUSES.items()] + [""]
-    out += ["| paper | claim | status | scale | finding | evidence |", "|---|---|---|---|---|---|"]
+    out += ["| paper | status | scale of the evidence |", "|---|---|---|"]
+    out += [f"| {it['item']} | **{it['status']}** | `{it['scale']}` |" for it in items] + [""]
     for it in items:
         links = ", ".join(f"{{{kind}}}`{target}`" for ev in it["evidence"] for kind, target in ev.items())
-        cells = [it["item"], it["claim"], f"**{it['status']}**", f"`{it['scale']}`", it["finding"], links]
-        out.append("| " + " | ".join(" ".join(str(c).split()).replace("|", "\\|") for c in cells) + " |")
-    return "\n".join(out) + "\n"
-
+        out += [f"{it['item']}: **{it['status']}** (`{it['scale']}`)",
+                f": *The paper:* {one_line(it['claim'])}", "",
+                f"  *This book:* {one_line(it['finding'])}", "",
+                f"  *Evidence:* {links}", ""]
+    return "\n".join(out)
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m lidvae_mini.results", description=__doc__.split("\n\n")[0])

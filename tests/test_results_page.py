@@ -66,7 +66,7 @@ def test_a_new_result_folder_and_its_chapter_section_appear_without_editing_the_
     assert [(r.folder, r.scale, r.seeds, r.sections) for r in rows] == \
         [("results/10_toy/cpu", "cpu", {"seeds": [0, 1, 2]}, (("10_toy", "toy-cpu"),))]
     table = results.results_table_markdown(rows, book)
-    assert "{doc}`10_toy`" in table and "{ref}`toy-cpu`" in table and "| 0–2 |" in table and "10 min" in table
+    assert "{doc}`10_toy`" in table and "{ref}`toy-cpu`" in table and "seeds 0–2 |" in table and "10 min" in table
 
 
 def test_an_incomplete_result_folder_fails_the_page(tmp_path):
