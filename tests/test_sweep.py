@@ -16,10 +16,12 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 import uuid
 from pathlib import Path
@@ -363,8 +365,12 @@ def _wait_nodes(gcs: str, n: int, timeout: float = 60) -> None:
 
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory):
-    """A head node (127.0.0.2, 1 CPU) and a worker node (127.0.0.3, 1 CPU) started with ``ray start``."""
-    temp, home = tmp_path_factory.mktemp("ray"), tmp_path_factory.mktemp("ray_home")
+    """A head node (127.0.0.2, 1 CPU) and a worker node (127.0.0.3, 1 CPU) started with ``ray start``.
+
+    Ray's temporary folder is a short one directly under the system's: its socket paths must stay within 107 bytes
+    (AF_UNIX), which pytest's per-worker folders under pytest-xdist (``.../popen-gw0/...``) exceed."""
+    temp = Path(tempfile.mkdtemp(prefix="ray-"))
+    home = tmp_path_factory.mktemp("ray_home")
     port, client_port = _free_port(), _free_port()
     gcs = f"{HEAD_IP}:{port}"
     markers = [str(temp), gcs]
@@ -377,6 +383,7 @@ def cluster(tmp_path_factory):
         yield {"gcs": gcs, "client": f"ray://{HEAD_IP}:{client_port}", "markers": markers}
     finally:
         _kill(_cluster_pids(markers))
+        shutil.rmtree(temp, ignore_errors=True)
 
 
 def test_cluster_two_seed_sweep_of_a_real_chapter_then_rerun_skips_all(cluster, tmp_path):
