@@ -72,7 +72,7 @@ from .decoders import InjectiveDecoder, MLPDecoder, count_parameters, matched_ml
 from .encoders import mlp
 from .metrics import active_units
 from .train import NonFiniteLossError, _as_tensor, _atomic_save, load_checkpoint
-from .vae import VAE, DecoderFacts, SUPPORTED_HEADS
+from .vae import DecoderFacts, SUPPORTED_HEADS
 
 LOG_2PI = math.log(2.0 * math.pi)
 KINDS = ("avae", "lid_avae")
@@ -230,6 +230,53 @@ def kl_to_prior(z: torch.Tensor, codes: torch.Tensor, h: float, chunk: int = KDE
     return terms.mean() if reduce else terms
 
 
+# ------------------------------------------------------------------------------- decoder sensitivity (Def. 2)
+def bernoulli_kl_from_logits(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """``KL(Bernoulli(sigmoid(a)) || Bernoulli(sigmoid(b)))`` elementwise, nats, from the logits.
+
+    ``sigmoid(a) (softplus(-b) - softplus(-a)) + sigmoid(-a) (softplus(b) - softplus(a))``: finite for every pair of
+    finite logits. (``torch.distributions.kl_divergence`` of two Bernoullis works from the probabilities and
+    returns ``inf`` as soon as one probability rounds to exactly 0 or 1, e.g. a float32 logit above about 17.)
+    """
+    return (torch.sigmoid(a) * (nn.functional.softplus(-b) - nn.functional.softplus(-a))
+            + torch.sigmoid(-a) * (nn.functional.softplus(b) - nn.functional.softplus(a)))
+
+
+@torch.no_grad()
+def decoder_sensitivity(decoder: nn.Module, step: float = 0.5, n_samples: int = 1000, seed: int = 0) -> torch.Tensor:
+    """``S_k = E_{z ~ N(0, I)} KL(p(x | z) || p(x | z + step e_k))`` per latent axis, shape (K,), nats.
+
+    The quantity of :meth:`lidvae_mini.vae.VAE.latent_sensitivity` (Definition 2 of Wang, Blei & Cunningham,
+    measured: ``S_k = 0`` iff the likelihood ignores axis k), computed in float64 from the decoder's parameters
+    (Bernoulli: :func:`bernoulli_kl_from_logits`; Gaussian: ``(mu - mu')^2 / (2 sigma^2)`` summed), so that confident
+    pixels cannot turn it into ``inf``. Works for any decoder of :mod:`lidvae_mini.decoders` (an AVAE's or a VAE's).
+    The draws of z use ``seed`` and leave the caller's RNG untouched.
+
+    Raises:
+        ValueError: ``step <= 0``, ``n_samples < 1``, a head other than Bernoulli or Gaussian.
+    """
+    step = check_positive(step, "step")
+    n_samples = check_int(n_samples, "n_samples")
+    head = check_choice(getattr(decoder, "head", None), "decoder head", SUPPORTED_HEADS)
+    like = next(decoder.parameters())
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(check_int(seed, "seed", minimum=0))
+        z = torch.randn(n_samples, decoder.latent_dim, dtype=like.dtype)
+    z = z.to(like.device)
+    base = decoder(z).double()
+    out = []
+    for k in range(decoder.latent_dim):
+        dz = torch.zeros_like(z)
+        dz[:, k] = step
+        moved = decoder(z + dz).double()
+        if head == "bernoulli":
+            kl = bernoulli_kl_from_logits(base, moved).sum(-1)
+        else:
+            kl = ((base - moved) ** 2 / (2.0 * decoder.scale().double() ** 2)).sum(-1)
+        out.append(kl.mean())
+    return torch.stack(out)
+
+
 # ---------------------------------------------------------------------------------------------- the model
 class DeterministicEncoder(nn.Module):
     """``z = E_phi(x)``: an MLP ``D -> hidden -> K`` (no variance head). ``forward``: (B, D) -> (B, K).
@@ -328,10 +375,9 @@ class AVAE(DecoderFacts, nn.Module):
         kl = kl_to_prior(z, codes.detach(), self.h, chunk)
         return rec.mean() / scale + kl_weight * kl, {"rec": rec, "kl": kl}
 
-    #: ``S_k = E_z KL(p(x | z) || p(x | z + step e_k))`` per latent axis, shape (K,), nats: the decoder's own
-    #: dependence on each axis (Definition 2 measured), shared with :meth:`lidvae_mini.vae.VAE.latent_sensitivity`
-    #: (``z ~ N(0, I)`` there and here). ``S_k = 0``: the likelihood ignores axis k (non-identifiable).
-    latent_sensitivity = VAE.latent_sensitivity
+    def latent_sensitivity(self, step: float = 0.5, n_samples: int = 1000, seed: int = 0) -> torch.Tensor:
+        """The decoder's dependence on each latent axis, shape (K,), nats: :func:`decoder_sensitivity`."""
+        return decoder_sensitivity(self.decoder, step, n_samples, seed)
 
     @torch.no_grad()
     def sample(self, n: int, mean: bool = True, seed: int | None = None) -> torch.Tensor:

@@ -237,3 +237,29 @@ def test_kde_memory_kept_for_backward_is_bounded():
     with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
         kde_log_density(z, codes, 0.58)
     assert sum(seen.values()) < 1.2 * codes.untyped_storage().nbytes()
+
+
+def test_bernoulli_kl_from_logits_matches_torch_and_stays_finite():
+    from torch import distributions as td
+    from lidvae_mini.avae import bernoulli_kl_from_logits
+    a = torch.tensor([-3.0, 0.0, 2.5, 8.0], dtype=torch.float64)
+    b = torch.tensor([1.0, -0.5, 2.0, 6.0], dtype=torch.float64)
+    ref = td.kl_divergence(td.Bernoulli(logits=a), td.Bernoulli(logits=b))
+    torch.testing.assert_close(bernoulli_kl_from_logits(a, b), ref)
+    # float32 logits 16.5 and 17.5: torch rounds one probability to 1 and returns inf; the true KL is about 4e-8
+    a32, b32 = torch.tensor([16.5]), torch.tensor([17.5])
+    assert torch.isinf(td.kl_divergence(td.Bernoulli(logits=a32), td.Bernoulli(logits=b32))).item()
+    got = float(bernoulli_kl_from_logits(a32.double(), b32.double()))
+    assert 0 < got < 1e-6
+
+
+def test_decoder_sensitivity_zero_exactly_for_an_ignored_axis():
+    from lidvae_mini.avae import decoder_sensitivity
+    m = build_avae("avae", 12, 3, h=0.5, hidden1=(4,), hidden2=(8,), seed=0)
+    with torch.no_grad():
+        m.decoder.first_layer.weight[:, 1] = 0.0
+        m.decoder.net[-1].bias += 30.0         # confident pixels: torch's Bernoulli KL would give inf here
+    s = decoder_sensitivity(m.decoder, step=0.5, n_samples=200, seed=0)
+    assert s.shape == (3,) and torch.isfinite(s).all()
+    assert s[1] == 0 and s[0] > 0 and s[2] > 0
+    torch.testing.assert_close(m.latent_sensitivity(n_samples=200), s)
