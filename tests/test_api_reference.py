@@ -79,3 +79,26 @@ def test_reexported_names_resolve_to_their_definition():
     assert "lidvae_mini.icnn.ICNN" in _definitions("ICNN", "lidvae_mini.brenier", None)
     assert "lidvae_mini.icnn.ICNN.gradient" in _definitions("ICNN.gradient", "lidvae_mini.brenier", None)
     assert _definitions("no_such_name", "lidvae_mini.brenier", None) == []
+
+
+def test_an_imported_name_means_the_imported_object():
+    """``Raises: NonFiniteLossError`` in avae (which imports it from train) must not be ambiguous with text's class."""
+    import sys
+
+    from docutils import nodes
+    from sphinx import addnodes
+
+    sys.path.insert(0, str(API))
+    try:
+        from sphinx_reexports import _imported_names_first
+    finally:
+        sys.path.remove(str(API))
+    doc = nodes.document(None, None)
+    for module in ("lidvae_mini.avae", "lidvae_mini.text"):
+        ref = addnodes.pending_xref("", refdomain="py", reftype="exc", reftarget="NonFiniteLossError",
+                                    refspecific=True)
+        ref["py:module"] = module
+        doc += ref
+    _imported_names_first(None, doc)
+    assert [r["reftarget"] for r in doc.findall(addnodes.pending_xref)] == \
+        ["lidvae_mini.train.NonFiniteLossError", "NonFiniteLossError"]   # text defines its own: left to Sphinx

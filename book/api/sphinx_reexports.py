@@ -6,7 +6,8 @@ A docstring may name an object where it is used rather than where it is defined:
 its defining module, so Sphinx alone cannot resolve such a name. When a Python reference is missing, this
 extension looks the name up as Python would (in the module, or class, the reference was written in, else as a
 dotted path), and retries with the defining module's name. A name that does not exist, or whose definition
-has no page, stays missing, and ``-n -W`` fails the build.
+has no page, stays missing, and ``-n -W`` fails the build. An unqualified name that several modules define
+(``NonFiniteLossError`` in ``train`` and ``text``) means, in a module that imports it, the imported one.
 """
 from __future__ import annotations
 
@@ -67,6 +68,25 @@ def _missing_reference(app, env, node, contnode):
     return None
 
 
+def _imported_names_first(app, doctree):
+    """A field's type (``Raises: NonFiniteLossError: ...``) is searched in every module, and two classes of one
+    name make it ambiguous; where the module the docstring belongs to imports that name, it means the imported
+    object, as in Python: point the reference at its definition."""
+    from sphinx import addnodes
+
+    for node in doctree.findall(addnodes.pending_xref):
+        module, target = node.get("py:module"), node.get("reftarget", "")
+        if node.get("refdomain") != "py" or not node.get("refspecific") or not module or "." in target:
+            continue
+        if not module.startswith("lidvae_mini"):
+            continue
+        obj = _lookup(f"{module}.{target}")
+        real, qual = getattr(obj, "__module__", None), getattr(obj, "__qualname__", None)
+        if isinstance(real, str) and isinstance(qual, str) and real.startswith("lidvae_mini") and real != module:
+            node["reftarget"] = f"{real}.{qual}"
+
+
 def setup(app):
     app.connect("missing-reference", _missing_reference)
+    app.connect("doctree-read", _imported_names_first)
     return {"parallel_read_safe": True, "parallel_write_safe": True}
