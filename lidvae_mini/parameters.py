@@ -81,6 +81,10 @@ IMAGE_METHODS = ("vae", "beta_vae", "sa_vae", "lagging_vae", "gmvae", "lidgmvae"
 IMAGE_ENCODERS = ("realnvp", "gaussian")
 MNIST_PIXELS = 784
 
+#: ``{chapter: {parameter name: Spec}}``, every chapter's parameter types and ranges (the one source the CLI and
+#: the chapters' check cells read).
+#:
+#: :meta hide-value:
 SPECS: dict[str, dict[str, Spec]] = {
     "01_theorem": dict(K=Int(2), accuracy=Float(0, 1, low_open=True, high_open=True), n_t=Int(2), n_a=Int(2),
                        n=COUNT, n_tables=COUNT, seed=SEED, out_dir=FOLDER),
@@ -140,7 +144,7 @@ def _example1_rows(p: dict) -> set:
     return (rows | set(p["ablation_cells"])) & {"lidgmvae", "gmvae_example1"}
 
 
-#: Rules that tie parameters of one chapter together: ``(names, holds(values) -> bool, what is expected)``.
+#: Rules that tie parameters of one chapter together, as ``(names, holds(values) -> bool, what is expected)``.
 RULES: dict[str, list[tuple[tuple[str, ...], object, str]]] = {
     "03_gmm": [(("data", "n"), lambda p: p["data"] != "official" or p["n"] <= 10_000,
                 "n <= 10000 with data='official' (the official files hold 10^4 points; use data='auto' or "
