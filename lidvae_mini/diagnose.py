@@ -13,10 +13,10 @@ the two causes per latent dimension ``k`` by measuring both sides:
 
   .. math::
 
-      V_k = \\mathbb E_x\\, \\mathbb E_{z \\sim q(z|x)}\\, \\mathbb E_{a, b \\sim p(z_k)}
-            \\tfrac12 \\big(l(z_{-k}, a) - l(z_{-k}, b)\\big)^2
-          = \\mathbb E_x\\, \\mathbb E_{z_{-k}}\\, \\mathrm{Var}_{z_k \\sim p(z_k)}\\, l(z_{-k}, z_k),
-      \\qquad s_k = \\sqrt{V_k}\\ \\text{nats}.
+      V_k &= \\mathbb E_x\\, \\mathbb E_{z \\sim q(z|x)}\\, \\mathbb E_{a, b \\sim p(z_k)}
+             \\tfrac12 \\big(l(z_{-k}, a) - l(z_{-k}, b)\\big)^2 \\\\
+          &= \\mathbb E_x\\, \\mathbb E_{z_{-k}}\\, \\mathrm{Var}_{z_k \\sim p(z_k)}\\, l(z_{-k}, z_k), \\\\
+      s_k &= \\sqrt{V_k}\\ \\text{nats}.
 
   ``s_k = 0`` exactly when the likelihood is flat in ``z_k`` (on the data, at the posterior values of the other
   coordinates): Definition 2.
