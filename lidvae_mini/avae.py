@@ -68,7 +68,7 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from ._checks import as_float_array, check_choice, check_int, check_positive, hidden_sizes
-from .decoders import InjectiveDecoder, MLPDecoder, count_parameters, matched_mlp_hidden
+from .decoders import InjectiveDecoder, MLPDecoder, bernoulli_kl_from_logits, count_parameters, matched_mlp_hidden
 from .encoders import mlp
 from .metrics import active_units
 from .train import NonFiniteLossError, _as_tensor, _atomic_save, load_checkpoint
@@ -231,17 +231,6 @@ def kl_to_prior(z: torch.Tensor, codes: torch.Tensor, h: float, chunk: int = KDE
 
 
 # ------------------------------------------------------------------------------- decoder sensitivity (Def. 2)
-def bernoulli_kl_from_logits(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """``KL(Bernoulli(sigmoid(a)) || Bernoulli(sigmoid(b)))`` elementwise, nats, from the logits.
-
-    ``sigmoid(a) (softplus(-b) - softplus(-a)) + sigmoid(-a) (softplus(b) - softplus(a))``: finite for every pair of
-    finite logits. (``torch.distributions.kl_divergence`` of two Bernoullis works from the probabilities and
-    returns ``inf`` as soon as one probability rounds to exactly 0 or 1, e.g. a float32 logit above about 17.)
-    """
-    return (torch.sigmoid(a) * (nn.functional.softplus(-b) - nn.functional.softplus(-a))
-            + torch.sigmoid(-a) * (nn.functional.softplus(b) - nn.functional.softplus(a)))
-
-
 @torch.no_grad()
 def decoder_sensitivity(decoder: nn.Module, step: float = 0.5, n_samples: int = 1000, seed: int = 0) -> torch.Tensor:
     """``S_k = E_{z ~ N(0, I)} KL(p(x | z) || p(x | z + step e_k))`` per latent axis, shape (K,), nats.
@@ -255,26 +244,8 @@ def decoder_sensitivity(decoder: nn.Module, step: float = 0.5, n_samples: int = 
     Raises:
         ValueError: ``step <= 0``, ``n_samples < 1``, a head other than Bernoulli or Gaussian.
     """
-    step = check_positive(step, "step")
-    n_samples = check_int(n_samples, "n_samples")
-    head = check_choice(getattr(decoder, "head", None), "decoder head", SUPPORTED_HEADS)
-    like = next(decoder.parameters())
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(check_int(seed, "seed", minimum=0))
-        z = torch.randn(n_samples, decoder.latent_dim, dtype=like.dtype)
-    z = z.to(like.device)
-    base = decoder(z).double()
-    out = []
-    for k in range(decoder.latent_dim):
-        dz = torch.zeros_like(z)
-        dz[:, k] = step
-        moved = decoder(z + dz).double()
-        if head == "bernoulli":
-            kl = bernoulli_kl_from_logits(base, moved).sum(-1)
-        else:
-            kl = ((base - moved) ** 2 / (2.0 * decoder.scale().double() ** 2)).sum(-1)
-        out.append(kl.mean())
-    return torch.stack(out)
+    check_choice(getattr(decoder, "head", None), "decoder head", SUPPORTED_HEADS)
+    return decoder.latent_sensitivity(step, n_samples, seed)
 
 
 # ---------------------------------------------------------------------------------------------- the model

@@ -260,3 +260,26 @@ def test_analytic_kl_encoder_without_one_pass_method_still_works():
     b = wrapped.elbo_parts(x)
     for key in a:
         torch.testing.assert_close(a[key], b[key])
+
+
+
+def test_latent_sensitivity_stays_finite_for_confident_pixels():
+    """Large logits round float32 probabilities to 1, where torch.distributions' Bernoulli KL is inf (checked
+    here); the sensitivity is computed from the logits in float64: finite, and equal to the KL written with log-sigmoids."""
+    vae = build_vae("vae", 5, 2, "bernoulli", encoder_hidden=(8,), hidden1=(8,), hidden2=(16,), seed=0)
+    with torch.no_grad():
+        for p in vae.decoder.parameters():
+            p.mul_(30.0)
+    s = vae.latent_sensitivity(step=0.5, n_samples=64)
+    assert torch.isfinite(s).all() and (s > 0).all()
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        z = torch.randn(64, 2)
+    dz = torch.zeros_like(z)
+    dz[:, 0] = 0.5
+    kl32 = torch.distributions.kl_divergence(vae.decoder.distribution(z), vae.decoder.distribution(z + dz)).mean()
+    assert not torch.isfinite(kl32)  # the failure the float64 computation avoids
+    a, b = vae.decoder(z).double(), vae.decoder(z + dz).double()  # logits
+    ls = torch.nn.functional.logsigmoid
+    ref = (a.sigmoid() * (ls(a) - ls(b)) + (-a).sigmoid() * (ls(-a) - ls(-b))).sum(-1).mean()
+    torch.testing.assert_close(s[0], ref, rtol=1e-9, atol=1e-9)
