@@ -18,13 +18,20 @@ Variable Non-identifiability", NeurIPS 2021). One concept per module:
 ``mixture``            GMVAE and LIDGMVAE (paper Example 1), ELBO with the cluster summed exactly
 ``text``               sequential VAE and LIDSVAE (paper Example 2) for text, its training loop and metrics
 ``baselines``          SA-VAE (Kim et al. 2018) and aggressive/lagging training (He et al. 2019)
+``avae``               the aggregate VAE (Saha et al.): deterministic encoder, KDE aggregate posterior, bandwidth
 ``metrics``            AU, KL, MI, importance-weighted log-likelihood, cluster accuracy
+``sample_quality``     MNIST classifier; Frechet distance and k-NN precision/recall in its features (not FID)
+``latent_stats``       collapsed axes, whitened leave-one-out KDE entropy, MDS picture of codes
 ``diagnose``           per-latent verdict: model collapse (flat likelihood) or inference collapse
 ``prose``              sentences generated from numbers (words, ranges, ordinals, result tags)
-``data``               data directory, shipped official inputs, loaders
+``data``               data directory, shipped official inputs, loaders, ``python -m lidvae_mini.data.download``
+``plotting``           figure sizes and style for the book's text column
+``parameters``         every chapter's parameter types and ranges, checked by the CLI and the chapter
 ``provenance``         metrics.json and run environment
 ``reproduce``          ``python -m lidvae_mini.reproduce CHAPTER -p key=value``
 ``sweep``              ``python -m lidvae_mini.sweep CHAPTER --grid k=v1,v2 --seeds 0-9`` on Ray, resumable
+``results``            ``python -m lidvae_mini.results``: committed results, their provenance and the results page
+``release``            ``python -m lidvae_mini.release bump X.Y.Z``: one version for the package and the Colab pins
 =====================  =====================================================================
 """
 import os as _os
