@@ -58,6 +58,7 @@ def _strip_markup(text: str) -> str:
     text = re.sub(r"\{[\w:-]+\}`[^`]*`", " ", text)        # {ref}`...`, {glue:text}`...`
     text = re.sub(r"`[^`]*`", " ", text)                    # inline code
     text = re.sub(r"\]\([^)]*\)", "]", text)                # [text](target)
+    text = re.sub(r"\barXiv:\s*\d{4}\.\d{4,5}", " ", text)      # arXiv identifiers
     return text
 
 
@@ -246,6 +247,7 @@ def toy_results(tmp_path):
     "AU is 31% of the units; KL_y is $1.2 \\times 10^{-3}$ nats.",
     "A log-likelihood 195.6 nats below zero; learning rate 0.003; the AU threshold 0.01.",
     "Version `v0.1.0` of [the code](https://example.org/1.234) with {ref}`item 4.5 <x>`: no numbers here.",
+    "The AVAE paper (arXiv:2311.07693) is cited, not measured.",
     "As in §2.2 and Section 3.1 of the paper (Eq. 4.2, Table 2.1), the accuracy is 0.303.",
 ])
 def test_numbers_that_are_committed_values_pass(toy_results, sentence):
