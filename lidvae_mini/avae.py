@@ -72,7 +72,7 @@ from .decoders import InjectiveDecoder, MLPDecoder, bernoulli_kl_from_logits, co
 from .encoders import mlp
 from .metrics import active_units
 from .train import NonFiniteLossError, _as_tensor, _atomic_save, load_checkpoint
-from .vae import DecoderFacts, SUPPORTED_HEADS
+from .vae import DecoderFacts, SUPPORTED_HEADS, check_encoder_decoder
 
 LOG_2PI = math.log(2.0 * math.pi)
 KINDS = ("avae", "lid_avae")
@@ -286,11 +286,7 @@ class AVAE(DecoderFacts, nn.Module):
 
     def __init__(self, encoder: nn.Module, decoder: nn.Module, h: float):
         super().__init__()
-        for attr in ("latent_dim", "data_dim"):
-            if getattr(encoder, attr, None) != getattr(decoder, attr, None):
-                raise ValueError(f"encoder and decoder disagree on {attr}: {getattr(encoder, attr, None)} vs "
-                                 f"{getattr(decoder, attr, None)}")
-        check_choice(getattr(decoder, "head", None), "decoder head", SUPPORTED_HEADS)
+        check_encoder_decoder(encoder, decoder)
         h = check_positive(h, "bandwidth h")
         if h >= 1:
             raise ValueError(f"the corrected bandwidth must lie in (0, 1), got {h}")

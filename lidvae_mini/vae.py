@@ -32,6 +32,20 @@ SUPPORTED_HEADS = ("bernoulli", "gaussian")
 PAPER_BETA = 0.2
 
 
+def check_encoder_decoder(encoder: nn.Module, decoder: nn.Module) -> None:
+    """Check that ``encoder`` and ``decoder`` agree on ``latent_dim`` and ``data_dim`` and that the decoder's head
+    is one of ``SUPPORTED_HEADS`` (Bernoulli or Gaussian).
+
+    Raises:
+        ValueError: they disagree, or the head is not supported.
+    """
+    for attr in ("latent_dim", "data_dim"):
+        if getattr(encoder, attr, None) != getattr(decoder, attr, None):
+            raise ValueError(f"encoder and decoder disagree on {attr}: {getattr(encoder, attr, None)} vs "
+                             f"{getattr(decoder, attr, None)}")
+    check_choice(getattr(decoder, "head", None), "decoder head", SUPPORTED_HEADS)
+
+
 class DecoderFacts:
     """What a latent variable model knows from its ``decoder`` alone (shared by :class:`VAE` and
     :class:`lidvae_mini.mixture.MixtureVAE`): the likelihood head, whether the decoder is injective in the
@@ -77,11 +91,7 @@ class VAE(DecoderFacts, nn.Module):
 
     def __init__(self, encoder: nn.Module, decoder: nn.Module, beta: float = 1.0):
         super().__init__()
-        for attr in ("latent_dim", "data_dim"):
-            if getattr(encoder, attr, None) != getattr(decoder, attr, None):
-                raise ValueError(f"encoder and decoder disagree on {attr}: {getattr(encoder, attr, None)} vs "
-                                 f"{getattr(decoder, attr, None)}")
-        check_choice(getattr(decoder, "head", None), "decoder head", SUPPORTED_HEADS)
+        check_encoder_decoder(encoder, decoder)
         self.encoder = encoder
         self.decoder = decoder
         self.beta = check_positive(beta, "beta")
