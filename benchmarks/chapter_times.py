@@ -3,7 +3,7 @@
     python benchmarks/chapter_times.py [--out benchmarks/results/chapter_times.json] [CHAPTER ...]
 
 Each chapter runs through ``lidvae_mini.reproduce.run`` (papermill, fresh kernel) into a temporary folder,
-so the time includes kernel start-up and imports, as in the book build and nbval.
+so the time includes kernel start-up and imports, as in the book build and the determinism test (tests/test_determinism.py).
 """
 from __future__ import annotations
 
