@@ -37,7 +37,7 @@ from lidvae_mini.decoders import InjectiveDecoder, MLPDecoder, count_parameters,
 from lidvae_mini.encoders import GaussianEncoder
 from lidvae_mini.vae import VAE
 
-from _memory import saved_storage_mib  # benchmarks/ is on sys.path when a script here runs
+from _common import devices, saved_storage_mib  # benchmarks/ is on sys.path when a script here runs
 
 B, D, K = 100, 784, 64
 ENC_HIDDEN = (512, 512)
@@ -121,10 +121,8 @@ def main() -> None:
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
-    devices = ["cpu"] if args.device == "cpu" else ["cuda"] if args.device == "cuda" else \
-        ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
     results = {}
-    for dev in devices:
+    for dev in devices(args.device):
         res = time_configs(dev, args.reps)
         for c in CONFIGS:
             res[c]["saved_mib"] = saved_tensor_mib(c, dev)

@@ -48,7 +48,6 @@ Not a test: run by hand; ``--out`` writes the numbers with :func:`lidvae_mini.pr
 from __future__ import annotations
 
 import argparse
-import contextlib
 import inspect
 import json
 import statistics
@@ -62,7 +61,7 @@ import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _memory import saved_storage_mib  # noqa: E402
+from _common import count_host_reads, devices, saved_storage_mib  # noqa: E402
 from legacy_fit import legacy_fit  # noqa: E402
 
 from lidvae_mini.train import fit  # noqa: E402
@@ -171,30 +170,6 @@ def _one_step(model, opt, xb) -> None:
     opt.step()
 
 
-@contextlib.contextmanager
-def _count_host_reads():
-    """Count reads of a tensor's value on the host (``bool``, ``float``, ``int``, ``item``, ``tolist``, ``numpy``),
-    except those of torch.optim (Adam keeps its step counter in host memory: not a GPU synchronisation)."""
-    names = ("__bool__", "__float__", "__int__", "item", "tolist", "numpy")
-    saved = {n: getattr(torch.Tensor, n) for n in names}
-    count = {"n": 0}
-
-    def wrap(fn):
-        def counted(self, *args, **kwargs):
-            if "torch/optim" not in sys._getframe(1).f_code.co_filename.replace("\\", "/"):
-                count["n"] += 1
-            return fn(self, *args, **kwargs)
-        return counted
-
-    for n in names:
-        setattr(torch.Tensor, n, wrap(saved[n]))
-    try:
-        yield count
-    finally:
-        for n, fn in saved.items():
-            setattr(torch.Tensor, n, fn)
-
-
 def step_profile(name: str, mixture_encoder: str, x, binarize, device) -> dict:
     """Per training step: aten operators (forward, backward, clipping, Adam), matmul GFLOP
     (``torch.utils.flop_counter``) and host reads of each loop (the difference between epochs of 4 and 2 steps)."""
@@ -215,7 +190,7 @@ def step_profile(name: str, mixture_encoder: str, x, binarize, device) -> dict:
     for loop, fn in (("old", legacy_fit), ("new", fit)):
         counts = []
         for steps in (2, 4):
-            with _count_host_reads() as c:
+            with count_host_reads() as c:
                 fn(model, x[:steps * BATCH], epochs=1, batch_size=BATCH, lr=1e-4, seed=0, binarize=binarize,
                    progress=False)
             counts.append(c["n"])
@@ -283,10 +258,8 @@ def main() -> None:
         parser.error(f"unknown model(s) {unknown}; choose from {CONFIGS}")
     if args.threads:
         torch.set_num_threads(args.threads)
-    devices = ["cpu"] if args.device == "cpu" else ["cuda"] if args.device == "cuda" else \
-        ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
     results = {}
-    for dev in devices:
+    for dev in devices(args.device):
         device = torch.device(dev)
         where = torch.cuda.get_device_name(0) if dev == "cuda" else f"CPU, {torch.get_num_threads()} threads"
         print(f"\n### {dev} ({where}); batch {BATCH}, {args.steps} steps per timed epoch, median of {args.reps}\n")

@@ -1,7 +1,6 @@
 """The GPU-efficient training loop (issue 9 §2): the same numbers as the old loop on CPU, no host read per step,
 the NaN guard with deferred checks, data resident on the device, bfloat16 mixed precision; and the paper-scale
 parameter files of chapters 07 and 08."""
-import contextlib
 import importlib.util
 import json
 import math
@@ -21,11 +20,15 @@ from lidvae_mini.vae import build_vae
 SMALL = dict(encoder_hidden=(16,), hidden1=(8,), hidden2=(8,))
 
 
-def _legacy():
-    spec = importlib.util.spec_from_file_location("legacy_fit", ROOT / "benchmarks" / "legacy_fit.py")
+def _benchmark_module(name: str):
+    spec = importlib.util.spec_from_file_location(name, ROOT / "benchmarks" / f"{name}.py")
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
     return mod
+
+
+def _legacy():
+    return _benchmark_module("legacy_fit")
 
 
 @pytest.fixture(scope="module")
@@ -134,32 +137,9 @@ class _Tiny(nn.Module):
         return -elbo.mean(), {"elbo": elbo, "kl": torch.zeros_like(elbo)}
 
 
-@contextlib.contextmanager
-def _count_host_reads():
-    """Count every read of a tensor's value on the host (``bool``, ``float``, ``int``, ``item``, ``tolist``,
-    ``numpy``): on a GPU each is a synchronisation."""
-    names = ("__bool__", "__float__", "__int__", "item", "tolist", "numpy")
-    saved = {n: getattr(torch.Tensor, n) for n in names}
-    count = {"n": 0}
-
-    def wrap(fn):
-        def counted(self, *args, **kwargs):
-            count["n"] += 1
-            return fn(self, *args, **kwargs)
-        return counted
-
-    for n in names:
-        setattr(torch.Tensor, n, wrap(saved[n]))
-    try:
-        yield count
-    finally:
-        for n, fn in saved.items():
-            setattr(torch.Tensor, n, fn)
-
-
 def _reads(fit_fn, n_points, **kw):
     x = np.random.default_rng(0).normal(size=(n_points, 3)).astype(np.float32)
-    with _count_host_reads() as count:
+    with _benchmark_module("_common").count_host_reads(skip_optim=False) as count:
         # SGD: Adam reads its step counter with .item() every step, but keeps that counter in host memory
         # (torch.optim.Adam without capturable/fused), so on a GPU that read is not a synchronisation
         fit_fn(_Tiny(), x, epochs=2, batch_size=10, lr=1e-2, seed=0, progress=False, optimizer="sgd", **kw)
