@@ -69,7 +69,7 @@ from torch.utils.checkpoint import checkpoint
 
 from ._checks import as_float_array, check_choice, check_int, check_positive, hidden_sizes
 from .decoders import InjectiveDecoder, MLPDecoder, bernoulli_kl_from_logits, count_parameters, matched_mlp_hidden
-from .encoders import mlp
+from .encoders import mlp, standard_normal_log_prob
 from .metrics import active_units
 from .train import NonFiniteLossError, _as_tensor, _atomic_save, load_checkpoint
 from .vae import DecoderFacts, SUPPORTED_HEADS, check_encoder_decoder
@@ -210,11 +210,6 @@ def kde_log_density(z: torch.Tensor, codes: torch.Tensor, h: float, chunk: int =
     return lse - math.log(m) - d * math.log(h) - 0.5 * d * LOG_2PI
 
 
-def standard_normal_log_density(z: torch.Tensor) -> torch.Tensor:
-    """``log N(z; 0, I_d)`` in nats, (B, d) -> (B,)."""
-    return -0.5 * z.pow(2).sum(-1) - 0.5 * z.shape[-1] * LOG_2PI
-
-
 def kl_to_prior(z: torch.Tensor, codes: torch.Tensor, h: float, chunk: int = KDE_CHUNK,
                 reduce: bool = True) -> torch.Tensor:
     """Monte Carlo ``KL(q_h || N(0, I))`` at the codes ``z``: ``mean_b [log q_h(z_b) - log p(z_b)]``, nats.
@@ -226,7 +221,7 @@ def kl_to_prior(z: torch.Tensor, codes: torch.Tensor, h: float, chunk: int = KDE
     Raises:
         as :func:`kde_log_density`.
     """
-    terms = kde_log_density(z, codes, h, chunk) - standard_normal_log_density(z)
+    terms = kde_log_density(z, codes, h, chunk) - standard_normal_log_prob(z)
     return terms.mean() if reduce else terms
 
 

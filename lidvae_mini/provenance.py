@@ -151,10 +151,11 @@ def metrics_have_results(metrics) -> bool:
     return _has_number({k: v for k, v in metrics.items() if k not in NON_RESULT_KEYS})
 
 
-def git_commit(repo: str | os.PathLike | None = None) -> dict:
+def git_commit(repo: str | os.PathLike | None = None, paths=("lidvae_mini", "book")) -> dict:
     """``{"commit": sha or None, "dirty": bool or None}`` of the git checkout holding ``repo``.
 
-    ``dirty`` is true when ``lidvae_mini/`` or ``book/`` hold uncommitted edits or untracked files.
+    ``dirty`` is true when ``paths`` (relative to the checkout's top, or absolute; default ``lidvae_mini/`` and
+    ``book/``) hold uncommitted edits or untracked files.
     """
     cwd = Path(repo or Path(__file__).resolve().parent)
     try:
@@ -163,7 +164,7 @@ def git_commit(repo: str | os.PathLike | None = None) -> dict:
         # Untracked files in the package or the book change results as much as edits do.
         top = subprocess.run(["git", "rev-parse", "--show-toplevel"], cwd=cwd, capture_output=True, text=True,
                              check=True).stdout.strip()
-        dirty = bool(subprocess.run(["git", "status", "--porcelain", "--", "lidvae_mini", "book"], cwd=top,
+        dirty = bool(subprocess.run(["git", "status", "--porcelain", "--", *map(str, paths)], cwd=top,
                                     capture_output=True, text=True, check=True).stdout.strip())
         return {"commit": sha, "dirty": dirty}
     except (OSError, subprocess.CalledProcessError):

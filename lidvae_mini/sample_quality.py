@@ -28,6 +28,7 @@ from pathlib import Path
 import numpy as np
 
 from ._checks import as_float_array, check_int, check_positive
+from .provenance import git_commit
 
 WEIGHTS_DIR = Path(__file__).resolve().parent / "data" / "weights"
 WEIGHTS_FILE = WEIGHTS_DIR / "mnist_classifier.pt"
@@ -109,18 +110,10 @@ def load_mnist_classifier(path=None, check_sha256: bool = True):
     return model.eval()
 
 
-def _git_commit(path: Path) -> dict:
-    """The commit of the repository holding ``path`` and whether that file differs from it (None outside git)."""
-    import subprocess
-
-    try:
-        root = Path(__file__).resolve().parents[1]
-        rev = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, check=True)
-        dirty = subprocess.run(["git", "status", "--porcelain", "--", str(path)], cwd=root, capture_output=True,
-                               text=True, check=True)
-        return {"commit": rev.stdout.strip(), "file_modified": bool(dirty.stdout.strip())}
-    except (OSError, subprocess.CalledProcessError):
-        return {"commit": None, "file_modified": None}
+def _code_version() -> dict:
+    """The commit the weights come from and whether this module differs from it (``None`` outside git)."""
+    git = git_commit(Path(__file__).parent, paths=[Path(__file__).resolve()])
+    return {"commit": git["commit"], "file_modified": git["dirty"]}
 
 
 def train_mnist_classifier(data_dir=None, seed: int = DEFAULT_SEED, epochs: int = DEFAULT_EPOCHS,
@@ -194,7 +187,7 @@ def train_mnist_classifier(data_dir=None, seed: int = DEFAULT_SEED, epochs: int 
             "binarise_probability": 0.5, "torch": torch.__version__, "threads": 1,
             "test_accuracy": classifier_accuracy(model, x_test, y_test),
             "test_accuracy_binarised": classifier_accuracy(model, fixed_binarization(x_test, seed=0), y_test),
-            **_git_commit(Path(__file__)),
+            **_code_version(),
         }
     finally:
         torch.set_num_threads(threads)
