@@ -43,7 +43,12 @@ The verdict of each dimension (:data:`VERDICTS`): ``"identifiable and used"``; `
 collapse)"`` (the exact posterior is (nearly) the prior by Theorem 1, whatever ``q`` does: no inference method can
 make the latent informative; if ``q`` nevertheless moves it, that KL is wasted); ``"identifiable but unused
 (inference collapse)"`` (the likelihood depends on ``z_k``, so the exact posterior does not collapse, but ``q``
-ignores it). Under the exact posterior the third verdict cannot occur (Theorem 1), up to the thresholds.
+ignores it). Under the exact posterior the third verdict cannot occur (Theorem 1), up to the thresholds; and
+``"borderline"`` where the estimates cannot decide: the statistic that sets the verdict (``s_k`` against ``s*``;
+for an identifiable dimension ``KL_k`` against ``KL*`` or the AU statistic against its threshold) lies within one
+standard error of its threshold. An exact-posterior model whose latent sits near the thresholds (PPCA with
+``|w_k|^2 / sigma^2 ~ 0.02``: ``KL_k = log(1 + r) / 2 ~ KL*``) is reported borderline, not as an inference
+collapse that Theorem 1 rules out.
 
 Also reported: ``rec_drop_k = E [l(z) - (l(z_{-k}, a) + l(z_{-k}, b)) / 2]``, the nats of ``log p(x|z)`` lost when
 the posterior value of ``z_k`` is replaced by a prior draw (0 in expectation when the likelihood is flat in ``z_k``
@@ -53,11 +58,12 @@ the posterior value of ``z_k`` is replaced by a prior draw (0 in expectation whe
 ``log_likelihood(x, z (S, B, K)) -> (S, B)``, ``sample_posterior``, ``encode_mean``, optional ``kl_per_dim``): the
 VAE, β-VAE, LIDVAE and SA-VAE's refined view; :class:`lidvae_mini.mixture.MixtureVAE` (rows ``w1..wK`` for the
 continuous latent, moved over its mixture prior, and ``y`` for the cluster, whose sensitivity uses the marginal
-likelihood ``log p(x|y)`` by importance sampling); and a plain torch decoder plus encoder through
+likelihood ``log p(x|y)`` by importance sampling with draws common to every ``y``,
+:func:`cluster_log_likelihoods`); and a plain torch decoder plus encoder through
 :class:`TorchModel`. The prior of a VAE's ``z`` is ``N(0, I)``.
 
 **Cost**: ``N S (2K + 1)`` likelihood evaluations for ``N`` points, ``S = n_samples`` posterior draws and ``K``
-dimensions (mixtures add ``2 C`` importance-sampling runs of ``iwae_samples`` draws per point), batched over points
+dimensions (mixtures add two importance-sampling runs of ``C * iwae_samples`` draws per point), batched over points
 and, in chunks of at most ``max_rows`` rows, over dimensions. Units: nats, per datapoint.
 """
 from __future__ import annotations
@@ -75,7 +81,7 @@ from .encoders import GaussianEncoder
 
 #: Verdicts, in the order of the chapter's legend.
 VERDICTS = ("identifiable and used", "non-identifiable (model collapse)",
-            "identifiable but unused (inference collapse)")
+            "identifiable but unused (inference collapse)", "borderline")
 #: KL_k below which q(z_k|x) counts as collapsed (nats per datapoint).
 KL_THRESHOLD = 0.01
 #: Threshold of the active-unit statistic Var_x E_q[z_k|x] (Burda et al. 2016; the paper's §4.1).
@@ -117,7 +123,9 @@ class Diagnosis:
     datapoint); ``rec_drop`` (nats); ``kl`` (``KL_k``, nats per datapoint); ``au_variance`` (``Var_x E_q[z_k|x]``);
     booleans ``flat`` (sensitivity zero to floating-point precision: ``s_k <= 10 eps max(mean |log p(x|z)|, 1)``,
     ``eps`` the machine epsilon of the model's dtype; Definition 2 exactly), ``identifiable``, ``active``, ``used``;
-    ``verdict`` (strings of :data:`VERDICTS`); ``thresholds``; ``kl_method`` (``"analytic"``, or ``"moment"``: the
+    ``verdict`` (strings of :data:`VERDICTS`); ``kl_se`` and ``au_variance_se`` (standard errors over the points);
+    ``borderline`` (the verdict is withheld: a deciding statistic lies within its standard error of its
+    threshold); ``thresholds``; ``kl_method`` (``"analytic"``, or ``"moment"``: the
     KL of the moment-matched Gaussian of each marginal, a lower bound); ``n_points``, ``n_samples``, ``model``.
     """
 
@@ -137,14 +145,17 @@ class Diagnosis:
     n_points: int = 0
     n_samples: int = 0
     model: str = ""
+    kl_se: np.ndarray = field(default_factory=lambda: np.zeros(0))
+    au_variance_se: np.ndarray = field(default_factory=lambda: np.zeros(0))
+    borderline: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=bool))
 
     def to_frame(self):
         """A :class:`pandas.DataFrame`, one row per latent dimension (index ``names``)."""
         import pandas as pd
 
         return pd.DataFrame({"sensitivity": self.sensitivity, "sensitivity_se": self.sensitivity_se,
-                             "rec_drop": self.rec_drop, "KL": self.kl, "au_variance": self.au_variance,
-                             "flat": self.flat, "identifiable": self.identifiable, "active": self.active,
+                             "rec_drop": self.rec_drop, "KL": self.kl, "KL_se": self.kl_se,
+                             "au_variance": self.au_variance, "au_variance_se": self.au_variance_se, "flat": self.flat, "identifiable": self.identifiable, "active": self.active,
                              "used": self.used, "verdict": self.verdict},
                             index=pd.Index(self.names, name="latent"))
 
@@ -165,7 +176,9 @@ class Diagnosis:
         """Plain lists and numbers (for ``metrics.json``)."""
         return {"names": list(self.names), "sensitivity": self.sensitivity.tolist(),
                 "sensitivity_se": self.sensitivity_se.tolist(), "rec_drop": self.rec_drop.tolist(),
-                "kl": self.kl.tolist(), "au_variance": self.au_variance.tolist(), "flat": self.flat.tolist(),
+                "kl": self.kl.tolist(), "kl_se": self.kl_se.tolist(), "au_variance": self.au_variance.tolist(),
+                "au_variance_se": self.au_variance_se.tolist(), "borderline": self.borderline.tolist(),
+                "flat": self.flat.tolist(),
                 "identifiable": self.identifiable.tolist(), "active": self.active.tolist(),
                 "used": self.used.tolist(), "verdict": list(self.verdict), "counts": self.counts(),
                 "thresholds": {"kl": self.thresholds.kl, "au": self.thresholds.au, "n_se": self.thresholds.n_se,
@@ -451,6 +464,29 @@ def _swap_eval(loglik, x, z, a, b, max_rows):
     return torch.cat(la), torch.cat(lb)
 
 
+def _mean_and_se(per_point: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Mean over points (axis 0) and its standard error ``std / sqrt(N)``."""
+    return per_point.mean(0), per_point.std(0, ddof=1) / math.sqrt(per_point.shape[0])
+
+
+def _verdicts(s, se, kl, kl_se, au, au_se, significant, th: Thresholds) -> tuple[list, np.ndarray]:
+    """The verdict of each dimension, and whether it is borderline.
+
+    Each threshold decision is taken at the estimate and again one standard error either side of it. Where the
+    decision that sets the verdict flips within that band (``s_k`` within ``SE(s_k)`` of ``s*``; for an identifiable
+    dimension, ``KL_k`` or the AU statistic within their standard errors of ``KL*`` or ``AU*``), the data cannot
+    tell the verdicts apart and the dimension is ``"borderline"`` instead. A dimension below ``n_se`` standard
+    errors of zero, or flat, is non-identifiable whatever its estimate.
+    """
+    ident_hi, ident_lo = significant & (s + se >= th.sensitivity), significant & (s - se >= th.sensitivity)
+    used_hi = (au + au_se >= th.au) & (kl + kl_se >= th.kl)
+    used_lo = (au - au_se >= th.au) & (kl - kl_se >= th.kl)
+    borderline = ident_hi & ~(ident_lo & (used_lo | ~used_hi))
+    verdict = [VERDICTS[3] if b else VERDICTS[1] if not i else VERDICTS[0] if u else VERDICTS[2]
+               for b, i, u in zip(borderline, ident_lo, used_lo)]
+    return verdict, borderline
+
+
 def _sens_stats(v_points: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """``s = sqrt(mean V_i)`` and its delta-method standard error from per-point variances ``v_points`` (N, K)."""
     n = v_points.shape[0]
@@ -470,6 +506,52 @@ def _progress_bar(total, enabled, desc):
     from tqdm.auto import tqdm
 
     return tqdm(total=total, desc=desc, unit="pt", leave=False)
+
+
+def cluster_log_likelihoods(model, x: torch.Tensor, n_samples: int = 16) -> torch.Tensor:
+    """``log p(x|y)`` for every cluster ``y`` of a :class:`~lidvae_mini.mixture.MixtureVAE`, (B, C), nats.
+
+    Importance sampling with **one** proposal for every ``y``, the defensive mixture
+    ``r(w|x) = (1/C) sum_c q(w|x, c)``, sampled stratified (``n_samples`` draws from each component, ``C n`` in all):
+
+    .. math::
+
+        \\hat p(x|y) = \\frac{1}{C n} \\sum_{c=1}^{C} \\sum_{i=1}^{n}
+            \\frac{p(x|w_{ci})\\, p(w_{ci}|y)}{r(w_{ci}|x)}, \\qquad w_{ci} \\sim q(w|x, c),
+
+    unbiased for ``p(x|y)`` (the stratified draws have density ``r`` on average). Every ``y`` reuses the same draws
+    and weights, so the estimates differ between clusters only through ``p(w|y)``: clusters with identical priors
+    get bitwise-identical estimates, and a cluster variable the likelihood cannot distinguish (Definition 2) gets
+    no spread at all. Estimating each ``p(x|y)`` from its own proposal ``q(w|x, y)`` instead lets the proposals'
+    different biases pass for a dependence of the model on ``y`` (an error of an earlier version of this module).
+
+    Args:
+        model: a :class:`~lidvae_mini.mixture.MixtureVAE`; x: (B, D) data it accepts; n_samples: draws per component.
+
+    Raises:
+        TypeError: not a mixture VAE. ValueError: bad ``x`` (as the model's ``check_x``) or ``n_samples``.
+    """
+    if not _is_mixture(model):
+        raise TypeError(f"cluster_log_likelihoods needs a MixtureVAE, got {type(model).__name__}")
+    n = check_int(n_samples, "n_samples")
+    model.check_x(x)
+    C, B, K = model.num_clusters, x.shape[0], model.latent_dim
+    w, _ = model.encoder.sample(model._context(x), n)                                 # (n, C·B, K)
+    w = w.reshape(n, C, B, K).transpose(0, 1).reshape(C * n, B, K)                     # (C·n, B, K)
+    log_r = torch.logsumexp(torch.stack([model.encoder.log_prob(w, model._context(x, c)) for c in range(C)]), 0) \
+        - math.log(C)                                                                  # (C·n, B)
+    log_lik = model.log_likelihood(x, w)                                               # (C·n, B)
+    log_prior = torch.stack([model.log_prior_w(w, y) for y in range(C)], -1)           # (C·n, B, C)
+    return torch.logsumexp((log_lik - log_r).unsqueeze(-1) + log_prior, 0) - math.log(C * n)
+
+
+def _pairwise_covariance(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """Per row, the covariance over the columns of two estimates ``a``, ``b`` (B, C) of the same quantity,
+    ``(1/C) sum_y (a_y - mean a)(b_y - mean b)``, written as ``(1 / 2C^2) sum_{y, y'} (a_y - a_y')(b_y - b_y')`` so
+    that it is exactly 0 when a row of ``a`` is constant (a mean of equal floats need not equal them). (B,)."""
+    da = a.unsqueeze(-1) - a.unsqueeze(-2)
+    db = b.unsqueeze(-1) - b.unsqueeze(-2)
+    return (da * db).sum((-1, -2)) / (2.0 * a.shape[-1] ** 2)
 
 
 def _mixture_rows(model, xb, S, iwae_samples, max_rows, kl_method, kl_samples):
@@ -504,17 +586,10 @@ def _mixture_rows(model, xb, S, iwae_samples, max_rows, kl_method, kl_samples):
         w_kl = model.encoder.sample(ctx, kl_samples)[0].reshape(kl_samples, C, B, K)
         kl_cy = torch.stack([_moment_kl(w_kl[:, c], mu_p[c], 2.0 * ls_p[c]) for c in range(C)])
     kl_w = (probs.T[:, :, None] * kl_cy).sum(0)                                       # (B, K)
-    # y: the spread of the marginal log p(x|y) over y ~ Cat(1/C), from two independent IWAE estimates A, B
-    est = []
-    for _ in range(2):
-        rows = []
-        for y in range(C):
-            wy, log_q = model.sample_posterior(xb, y, iwae_samples)
-            lw = model.log_joint(xb, wy, y) - log_q
-            rows.append(torch.logsumexp(lw, 0) - math.log(iwae_samples))
-        est.append(torch.stack(rows, 1))                                              # (B, C)
-    A, Bm = est
-    v_y = ((A - A.mean(1, keepdim=True)) * (Bm - Bm.mean(1, keepdim=True))).mean(1)  # unbiased: noise cancels
+    # y: the spread of the marginal log p(x|y) over y ~ Cat(1/C), from two independent estimates A, B whose draws
+    # are common to every y (so a y the likelihood cannot tell apart gets identical estimates: v_y = 0 exactly)
+    A, Bm = (cluster_log_likelihoods(model, xb, iwae_samples) for _ in range(2))        # (B, C) each
+    v_y = _pairwise_covariance(A, Bm)                                                # unbiased: noise cancels
     L = 0.5 * (A + Bm)
     drop_y = (probs * L).sum(1) - L.mean(1)
     kl_y = math.log(C) + (probs * log_probs).sum(1)
@@ -548,7 +623,8 @@ def diagnose(model, x, *, n_samples: int = 8, batch_size: int = 100, kl_threshol
             ``"moment"`` (KL of the moment-matched Gaussian of each marginal from ``kl_samples`` draws: a lower
             bound on ``KL_k``).
         kl_samples: draws per point for ``kl="moment"``.
-        iwae_samples: importance samples per point and cluster for a mixture's ``log p(x|y)``.
+        iwae_samples: importance samples per point and cluster component of the proposal shared by every ``y`` for
+            a mixture's ``log p(x|y)`` (:func:`cluster_log_likelihoods`).
         seed: seeds every draw (the caller's torch RNG is restored).
         progress: tqdm bar over points; ``None``: only in interactive use, never when ``$TQDM_DISABLE`` is set.
         max_rows: most latent rows per likelihood call (memory only).
@@ -651,24 +727,29 @@ def diagnose(model, x, *, n_samples: int = 8, batch_size: int = 100, kl_threshol
         raise ValueError("the log-likelihood is not finite at some prior draws (a decoder that overflows?)")
     s, se = _sens_stats(v_pts)
     rec_drop = torch.cat(drop_pts).mean(0).numpy()
-    kl_k = torch.cat(kl_pts).mean(0).numpy()
-    au_var = torch.cat(means).var(0, unbiased=True).numpy()
-    if mixture:
-        au_var = np.append(au_var, torch.cat(probs_all).var(0, unbiased=True).max().item())
+    kl_k, kl_se = _mean_and_se(torch.cat(kl_pts).numpy())
+    centred = torch.cat(means).numpy()
+    if mixture:   # the cluster row's AU statistic: the largest variance over clusters of q(y|x)
+        probs = torch.cat(probs_all).numpy()
+        centred = np.concatenate([centred, probs[:, [int(np.argmax(probs.var(0)))]]], 1)
+    au_var, au_se = _mean_and_se((centred - centred.mean(0)) ** 2 * N / (N - 1))
     # flat: zero to floating-point precision, relative to the size of log p(x|z)
     eps = torch.finfo(like.dtype).eps
-    flat = s <= 10.0 * eps * max(scale / N, 1.0)
-    identifiable = (s >= th.sensitivity) & (s >= th.n_se * se) & ~flat
+    # (on |V_i|: the cluster row's per-point estimates can be negative, and a negative mean is noise, not flatness)
+    flat = np.sqrt(np.abs(v_pts).mean(0)) <= 10.0 * eps * max(scale / N, 1.0)
+    significant = (s >= th.n_se * se) & ~flat
+    identifiable = (s >= th.sensitivity) & significant
     active = au_var >= th.au
     used = active & (kl_k >= th.kl)
-    verdict = [VERDICTS[1] if not i else (VERDICTS[0] if u else VERDICTS[2]) for i, u in zip(identifiable, used)]
+    verdict, borderline = _verdicts(s, se, kl_k, kl_se, au_var, au_se, significant, th)
     return Diagnosis(names=names, sensitivity=s, sensitivity_se=se, rec_drop=rec_drop, kl=kl_k, au_variance=au_var,
                      flat=flat, identifiable=identifiable, active=active, used=used, verdict=verdict, thresholds=th,
-                     kl_method=kl_method, n_points=N, n_samples=n_samples, model=type(model).__name__)
+                     kl_method=kl_method, n_points=N, n_samples=n_samples, model=type(model).__name__, kl_se=kl_se,
+                     au_variance_se=au_se, borderline=borderline)
 
 
 # ------------------------------------------------------------------------------------------------ the figure
-VERDICT_COLOURS = dict(zip(VERDICTS, ("tab:green", "tab:red", "tab:orange")))
+VERDICT_COLOURS = dict(zip(VERDICTS, ("tab:green", "tab:red", "tab:orange", "tab:grey")))
 
 
 def plot_diagnosis(diag: Diagnosis, ax=None, title: str | None = None, annotate: bool = True):

@@ -34,6 +34,17 @@ def test_example1_is_the_default_lidgmvae_and_the_gmvae_keeps_learned_priors():
     assert set(PRIORS) == {"example1", "learned"}
 
 
+def test_gamma_is_the_stated_choice():
+    """γ = 3 is a stated choice (lidvae_mini.mixture.EXAMPLE1_GAMMA; the paper leaves it open): the committed
+    Example-1 results and the chapters' prose depend on it, so a change must be deliberate. Any two cluster means
+    are then γ√2 = 4.24 prior standard deviations apart."""
+    assert EXAMPLE1_GAMMA == 3.0
+    model = _model(C=3, K=5)
+    dist = torch.cdist(model.prior_means, model.prior_means)
+    torch.testing.assert_close(dist[0, 1], torch.tensor(3.0 * 2 ** 0.5, dtype=dist.dtype))
+    assert float(model.prior_gamma) == 3.0
+
+
 def test_beta_1_is_a_fixed_zero_one_buffer_and_the_means_are_gamma_unit_vectors():
     model = _model(C=3, K=5)
     buffers, params = dict(model.named_buffers()), dict(model.named_parameters())

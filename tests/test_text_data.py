@@ -103,3 +103,14 @@ def test_synthetic_keeps_true_z_and_is_seeded():
     assert all(len(s) == 12 for s in a.train.ids)  # <s> + 10 words + </s>
     c = make_synthetic_text(50, 20, 20, seed=4)
     assert not torch.equal(a.train.z, c.train.z)
+
+
+def test_synthetic_latents_are_standard_normal():
+    """The generator draws z ~ N(0, I_K) (the prior every text model assumes): a Kolmogorov-Smirnov test per
+    dimension, and the first two moments."""
+    from scipy import stats
+
+    z = make_synthetic_text(2000, 20, 20, seed=0).train.z.numpy()
+    assert abs(z.mean()) < 0.05 and abs(z.std() - 1.0) < 0.05
+    for k in range(z.shape[1]):
+        assert stats.kstest(z[:, k], "norm").pvalue > 1e-3, k

@@ -200,3 +200,31 @@ def test_aggressive_training_runs_and_ends_its_phase():
                  lr=3e-3, seed=0, aggressive=True, max_inner_steps=6, check_every=3)
     assert 1 <= h["aggressive_epochs"] <= 3 and len(h["train_loss"]) == 3
     assert all(math.isfinite(v) for v in h["train_loss"] + h["valid_nelbo"])
+
+
+# ------------------------------------------------- every density the objectives use, against torch.distributions
+@pytest.mark.parametrize("kind", ["vae", "lidsvae"])
+def test_densities_and_kl_against_torch_distributions(kind):
+    """log q(z|x) (the IWAE's proposal density), log p(z) + log p(x|z) (its joint) and the ELBO's KL (a sum over the
+    latent dimensions, nats per sentence), each against an independent computation."""
+    torch.manual_seed(1)
+    m = build_text_vae(kind, V, latent_dim=K, embed_dim=8, enc_hidden=8, dec_hidden=8, icnn_hidden=((8,), (8,)))
+    x = _x(B=5)
+    with torch.no_grad():
+        with torch.random.fork_rng():
+            z, log_q, mu, logvar = m.sample_posterior(x, 4)
+        q = torch.distributions.Normal(mu, (0.5 * logvar).exp())
+        assert torch.allclose(log_q, q.log_prob(z).sum(-1), atol=1e-5)
+        prior = torch.distributions.Normal(torch.zeros(K), torch.ones(K))
+        assert torch.allclose(m.log_joint(x, z), prior.log_prob(z).sum(-1) + m.decoder.log_prob(x, z), atol=1e-5)
+        with torch.random.fork_rng():
+            parts = m.elbo_parts(x, 1)
+        kl = torch.distributions.kl_divergence(q, prior).sum(-1)
+        assert torch.allclose(parts["kl"], kl, atol=1e-6)
+        assert torch.allclose(parts["elbo"], -(parts["rec"] + kl), atol=1e-5)
+    # the training loss carries the same KL, weighted by beta
+    with torch.random.fork_rng():
+        loss, _ = m.loss(x, 1)
+    with torch.random.fork_rng():
+        p = m.elbo_parts(x, 1)
+    assert torch.allclose(loss, (p["rec"] + m.beta * kl).mean(), atol=1e-5)
