@@ -62,6 +62,7 @@ from torch import nn
 from ._checks import check_choice, check_int, check_positive
 from .encoders import LOG_2PI as LOG_2PI_
 from .encoders import LOGVAR_RANGE, ConditionalRealNVP, GaussianEncoder
+from .metrics import mutual_information_report
 from .mixture import EXAMPLE1_GAMMA, MixtureVAE, coupling_context_parts, entropy_from_log_probs
 from .vae import VAE
 
@@ -564,11 +565,13 @@ def mixture_mutual_information(model, x, seed: int = 0, batch_size: int = 1000, 
     agg_joint -= math.log(N)
     marg = q.mean(0)
     mi_y = float(-torch.special.xlogy(marg, marg).sum() + torch.special.xlogy(q, q).sum(-1).mean())
-    return {"MI": float((own_joint - agg_joint).mean()), "MI_w": float((own_w - agg_w).mean()), "MI_y": max(mi_y, 0.0)}
+    t_joint, t_w, root_n = own_joint - agg_joint, own_w - agg_w, math.sqrt(N)
+    return {"MI": float(t_joint.mean()), "MI_w": float(t_w.mean()), "MI_y": max(mi_y, 0.0),
+            "MI_se": float(t_joint.std() / root_n), "MI_w_se": float(t_w.std() / root_n)}
 
 
 @torch.no_grad()
-def encoder_mutual_information(model, x, seed: int = 0, batch_size: int = 1000, pool="all") -> float:
+def encoder_mutual_information(model, x, seed: int = 0, batch_size: int = 1000, pool="all", return_se: bool = False):
     """The mutual information ``I_q(x; latent)`` of the inference network on the points ``x``, nats.
 
     - mixture VAE: ``I_q(x; (y, w))``, the ``"MI"`` of :func:`mixture_mutual_information`;
@@ -579,6 +582,9 @@ def encoder_mutual_information(model, x, seed: int = 0, batch_size: int = 1000, 
       entropy, from the exact densities ``log q(z_i|x_j)`` of every draw under every point
       (:func:`lidvae_mini.metrics.mutual_information_from_log_density`; ``pool="all"`` only; N² flow passes).
 
+    The raw estimate (it can fall below 0 through Monte Carlo noise; tables use
+    :func:`lidvae_mini.metrics.mutual_information_report`), or ``(estimate, standard_error)`` with ``return_se``.
+
     Raises:
         TypeError: no Gaussian (``q(w|x, y)``) or flow encoder.
         ValueError: ``pool`` other than ``"all"`` with a flow encoder.
@@ -586,9 +592,11 @@ def encoder_mutual_information(model, x, seed: int = 0, batch_size: int = 1000, 
     from .metrics import mutual_information
 
     if _is_mixture(model):
-        return mixture_mutual_information(model, x, seed=seed, batch_size=batch_size)["MI"]
+        mi = mixture_mutual_information(model, x, seed=seed, batch_size=batch_size)
+        return (mi["MI"], mi["MI_se"]) if return_se else mi["MI"]
     if isinstance(getattr(model, "encoder", None), ConditionalRealNVP):
-        return _flow_mutual_information(model.encoder, x, seed=seed, batch_size=batch_size, pool=pool)
+        return _flow_mutual_information(model.encoder, x, seed=seed, batch_size=batch_size, pool=pool,
+                                        return_se=return_se)
     enc = _gaussian_encoder(model)
     like = next(model.parameters())
     x = torch.as_tensor(x, dtype=like.dtype)
@@ -603,10 +611,10 @@ def encoder_mutual_information(model, x, seed: int = 0, batch_size: int = 1000, 
             lvs.append(lv.detach().cpu())
     finally:
         model.train(was)
-    return float(mutual_information(torch.cat(mus), torch.cat(lvs), seed=seed, pool=pool))
+    return mutual_information(torch.cat(mus), torch.cat(lvs), seed=seed, pool=pool, return_se=return_se)
 
 
-def _flow_mutual_information(enc, x, seed: int, batch_size: int, pool) -> float:
+def _flow_mutual_information(enc, x, seed: int, batch_size: int, pool, return_se: bool = False):
     """``I_q(x; z)`` of a flow posterior: one seeded draw per point, scored under every point's q (nats)."""
     from .metrics import mutual_information_from_log_density
 
@@ -627,7 +635,7 @@ def _flow_mutual_information(enc, x, seed: int, batch_size: int, pool) -> float:
                            for r in range(0, n, rows)])                                           # (N, N)
     finally:
         enc.train(was)
-    return mutual_information_from_log_density(log_q.double().cpu())
+    return mutual_information_from_log_density(log_q.double().cpu(), return_se=return_se)
 
 
 # ------------------------------------------------------------------------------------------- model selection
@@ -1000,7 +1008,8 @@ def run_method(method: str, data: dict, *, depth: int = 1, epochs: int = 10, bat
     Returns:
         ``(metrics, history)``. ``metrics`` (nats per test datapoint): ``AU`` (fraction of active continuous
         dimensions), ``KL`` (the ELBO's total KL), ``MI`` (``I_q(x; (y, w))`` for mixtures, ``I_q(x; z)`` for the
-        VAE: :func:`encoder_mutual_information`), ``iwae_ll``, ``neg_elbo``, ``acc_hungarian``, ``acc_majority``
+        VAE: :func:`encoder_mutual_information`; never below 0, with ``MI_se`` its Monte Carlo standard error and
+        ``MI_estimate`` the raw estimate: :func:`lidvae_mini.metrics.mutual_information_report`), ``iwae_ll``, ``neg_elbo``, ``acc_hungarian``, ``acc_majority``
         (``None`` for the VAE), ``chance``, and for mixtures ``AU_y``, ``KL_y``, ``KL_w``, ``MI_w``, ``MI_y``,
         ``clusters_used``; plus ``seconds`` and
         ``best_epoch``. SA rows are evaluated with the SVI-refined posterior (:meth:`SAMixtureVAE.refined_view`).
@@ -1033,15 +1042,19 @@ def run_method(method: str, data: dict, *, depth: int = 1, epochs: int = 10, bat
     if _is_mixture(model):
         ev = evaluate_mixture(ev_model, xt, labels, iwae_samples=iwae_samples, seed=seed)
         mi = mixture_mutual_information(ev_model, xt, seed=seed)
-        out = {"AU": ev["AU_w_fraction"], "KL": ev["KL_y"] + ev["KL_w"], "MI": mi["MI"], "iwae_ll": ev.get("iwae_ll"),
+        mi_se = mi["MI_se"]
+        out = {"AU": ev["AU_w_fraction"], "KL": ev["KL_y"] + ev["KL_w"], "iwae_ll": ev.get("iwae_ll"),
                "neg_elbo": ev["neg_elbo"], "acc_hungarian": ev["acc_hungarian"], "acc_majority": ev["acc_majority"],
                "chance": ev["chance"], "AU_y": ev["AU_y_fraction"], "KL_y": ev["KL_y"], "KL_w": ev["KL_w"],
-               "MI_w": mi["MI_w"], "MI_y": mi["MI_y"], "clusters_used": ev["clusters_used"]}
+               "MI_w": max(mi["MI_w"], 0.0), "MI_y": mi["MI_y"], "clusters_used": ev["clusters_used"]}
+        mi = mi["MI"]
     else:
         ev = evaluate(ev_model, xt.to(like.device), iwae_samples=iwae_samples, seed=seed)
-        out = {"AU": ev["au_fraction"], "KL": ev["kl"], "MI": encoder_mutual_information(ev_model, xt, seed=seed),
-               "iwae_ll": ev.get("iwae_ll"), "neg_elbo": ev["neg_elbo"], "acc_hungarian": None, "acc_majority": None,
-               "chance": chance}
+        mi, mi_se = encoder_mutual_information(ev_model, xt, seed=seed, return_se=True)
+        out = {"AU": ev["au_fraction"], "KL": ev["kl"], "iwae_ll": ev.get("iwae_ll"), "neg_elbo": ev["neg_elbo"],
+               "acc_hungarian": None, "acc_majority": None, "chance": chance}
+    report = mutual_information_report(mi, mi_se)      # never negative information; the raw estimate beside it
+    out.update(MI=report["mi"], MI_se=report["mi_se"], MI_estimate=report["mi_estimate"])
     best = [e for e, s in zip(hist["epoch"], hist["selected"]) if s]
     out.update(seconds=time.perf_counter() - t0, best_epoch=best[0] if best else None)
     return out, hist

@@ -171,7 +171,7 @@ def gaussian_log_density_matrix(z, mu, logvar) -> torch.Tensor:
 
 
 def mutual_information(mu, logvar, z_samples=None, seed=None, pool="all", entropy: str = "analytic",
-                       num_samples: int = 1, chunk: int = 1024) -> float:
+                       num_samples: int = 1, chunk: int = 1024, return_se: bool = False):
     """Mutual information I_q(x; z) of the encoder's joint q(x, z) = p_data(x) q(z|x), Gaussian q(z|x).
 
     ``I = E_x E_{q(z|x)}[log q(z|x)] − E_x E_{q(z|x)}[log q(z)]``, with the aggregate posterior
@@ -187,7 +187,8 @@ def mutual_information(mu, logvar, z_samples=None, seed=None, pool="all", entrop
     within each batch and batch estimates are averaged weighted by batch size. Because
     ``log (1/B) Σ_j q(z_i|x_j) ≥ log q(z_i|x_i) − log B``, that estimate is capped at ≈ log B (3.47 nats for
     B = 32) whatever the true MI (with ``entropy="sample"`` the cap is exact); the pooled estimate is capped
-    only at log N. Both can be slightly negative through Monte Carlo noise.
+    only at log N. Both can be slightly negative through Monte Carlo noise: the raw estimate is what this function
+    returns; for a table use :func:`mutual_information_report`, which never reports negative information.
 
     Args:
         mu, logvar: (N, K) parameters of q(z|x) for the N evaluation points.
@@ -197,9 +198,12 @@ def mutual_information(mu, logvar, z_samples=None, seed=None, pool="all", entrop
         entropy: ``"analytic"`` or ``"sample"`` for the first term.
         num_samples: S draws per point when ``z_samples`` is not given (He et al.: 1).
         chunk: rows of the (rows, N) density matrix held at once (memory only).
+        return_se: also return the Monte Carlo standard error, ``std_i(t_i) / sqrt(N)`` of the per-point terms
+            ``t_i = neg_entropy_i - mean_s log q(z_is)`` (the spread over points and draws; it treats the aggregate
+            posterior as fixed).
 
     Returns:
-        The estimate in nats (a float).
+        The estimate in nats (a float), or ``(estimate, standard_error)`` with ``return_se``.
 
     Raises:
         ValueError: shape mismatches, unknown pool/entropy, non-finite input.
@@ -228,7 +232,7 @@ def mutual_information(mu, logvar, z_samples=None, seed=None, pool="all", entrop
         if z.ndim != 3 or z.shape[1:] != mu_t.shape:
             raise ValueError(f"z_samples must have shape (N, K) or (S, N, K) with (N, K) = {tuple(mu_t.shape)}, "
                              f"got {tuple(z.shape)}")
-    total = 0.0
+    terms = []     # per point: its (negative) entropy term minus the mean over its draws of log q(z_is)
     for b0 in range(0, n, bsz):
         sl = slice(b0, min(b0 + bsz, n))
         mu_b, lv_b, nb = mu_t[sl], lv[sl], sl.stop - sl.start
@@ -240,16 +244,36 @@ def mutual_information(mu, logvar, z_samples=None, seed=None, pool="all", entrop
             log_agg.append(torch.logsumexp(dens, dim=1) - math.log(nb))
             rows = torch.arange(r0, min(r0 + chunk, zb.shape[0]), device=zb.device)
             own.append(dens[torch.arange(len(rows), device=zb.device), rows % nb])
-        log_qz = torch.cat(log_agg).mean()
+        log_qz = torch.cat(log_agg).reshape(-1, nb).mean(0)                        # (nb,)
         if entropy == "analytic":
-            neg_h = (-0.5 * k * LOG_2PI - 0.5 * (1.0 + lv_b).sum(-1)).mean()
+            neg_h = -0.5 * k * LOG_2PI - 0.5 * (1.0 + lv_b).sum(-1)
         else:
-            neg_h = torch.cat(own).mean()
-        total += float(neg_h - log_qz) * nb
-    return total / n
+            neg_h = torch.cat(own).reshape(-1, nb).mean(0)
+        terms.append(neg_h - log_qz)
+    terms = torch.cat(terms)
+    mi = float(terms.mean())
+    return (mi, float(terms.std() / math.sqrt(n))) if return_se else mi
 
 
-def mutual_information_from_log_density(log_q) -> float:
+def mutual_information_report(estimate: float, se: float | None = None) -> dict:
+    """A mutual-information estimate as a table reports it: never as negative information.
+
+    Returns ``{"mi": max(estimate, 0), "mi_se": se, "mi_estimate": estimate}`` (nats). Mutual information is
+    non-negative; an estimate below zero is Monte Carlo noise around a value near 0, so the table shows 0 and keeps
+    the raw estimate and its standard error beside it (``mi_se`` ``None`` when unknown).
+
+    Raises:
+        ValueError: a non-finite estimate or a negative standard error.
+    """
+    estimate = float(estimate)
+    if not math.isfinite(estimate):
+        raise ValueError(f"the MI estimate must be finite, got {estimate}")
+    if se is not None and not (float(se) >= 0.0):
+        raise ValueError(f"the standard error must be >= 0, got {se}")
+    return {"mi": max(estimate, 0.0), "mi_se": None if se is None else float(se), "mi_estimate": estimate}
+
+
+def mutual_information_from_log_density(log_q, return_se: bool = False):
     """``I_q(x; z)`` from the matrix ``log_q[i, j] = log q(z_i | x_j)`` with one ``z_i ~ q(z|x_i)`` per point, nats.
 
     ``I ≈ mean_i [log q(z_i|x_i) − log (1/N) Σ_j q(z_i|x_j)]``: the estimator of :func:`mutual_information` with
@@ -259,6 +283,11 @@ def mutual_information_from_log_density(log_q) -> float:
     Args:
         log_q: (N, N) finite log densities, row i the draw of point i, column j the conditioning point.
 
+        return_se: also return the standard error ``std_i(t_i) / sqrt(N)`` of the per-point terms.
+
+    Returns:
+        The estimate in nats, or ``(estimate, standard_error)`` with ``return_se``.
+
     Raises:
         ValueError: not a square matrix with N >= 2, or non-finite entries.
     """
@@ -266,7 +295,8 @@ def mutual_information_from_log_density(log_q) -> float:
     n = m.shape[0]
     if m.shape[1] != n or n < 2:
         raise ValueError(f"log_q must be a square (N, N) matrix with N >= 2, got {tuple(m.shape)}")
-    return float((m.diagonal() - torch.logsumexp(m, dim=1) + math.log(n)).mean())
+    terms = m.diagonal() - torch.logsumexp(m, dim=1) + math.log(n)
+    return (float(terms.mean()), float(terms.std() / math.sqrt(n))) if return_se else float(terms.mean())
 
 
 # --------------------------------------------------------------------------------------------------- IWAE

@@ -32,7 +32,8 @@ from torch import nn
 from ._checks import check_choice, check_int, check_positive
 from .brenier import BrenierMap
 from .data.text import BOS, EOS, PAD, UNK
-from .metrics import active_units, iwae_log_likelihood, kl_gaussian_standard_per_dim, mutual_information
+from .metrics import (active_units, iwae_log_likelihood, kl_gaussian_standard_per_dim, mutual_information,
+                      mutual_information_report)
 
 CONSTRUCTIONS = ("minimal", "naive")
 LOG_2PI = math.log(2 * math.pi)
@@ -512,7 +513,9 @@ def evaluate_text(model: TextVAE, batches, iwae_samples: int = 100, seed: int = 
     ``elbo``, ``rec``, ``kl`` per sentence (one draw); ``iwae`` = importance-weighted log p(x) per sentence
     (``iwae_samples`` draws; the paper's LL, K = 500); ``iwae_per_token`` = sum of ``iwae`` / tokens;
     ``ppl = exp(-iwae_per_token)``; ``au`` (count), ``au_fraction``, ``kl_per_dim`` (K,), ``mi`` (He et al.'s
-    estimator, q(z) pooled over the whole split); ``n_sentences``, ``n_tokens``.
+    estimator, q(z) pooled over the whole split, never below 0), ``mi_se`` (its Monte Carlo standard error) and
+    ``mi_estimate`` (the raw estimate: :func:`lidvae_mini.metrics.mutual_information_report`); ``n_sentences``,
+    ``n_tokens``.
     """
     model.eval()
     ev = elbo_eval(model, batches, seed)
@@ -527,7 +530,8 @@ def evaluate_text(model: TextVAE, batches, iwae_samples: int = 100, seed: int = 
     out.update(iwae=float(ll.mean()), iwae_per_token=float(ll.sum()) / n_tok,
                ppl=math.exp(-float(ll.sum()) / n_tok), au=au["count"], au_fraction=au["fraction"],
                kl_per_dim=kl_gaussian_standard_per_dim(mu, lv).mean(0).tolist(),
-               mi=mutual_information(mu, lv, seed=seed), n_sentences=n, n_tokens=n_tok)
+               **mutual_information_report(*mutual_information(mu, lv, seed=seed, return_se=True)), n_sentences=n,
+               n_tokens=n_tok)
     return out
 
 

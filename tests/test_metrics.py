@@ -285,3 +285,31 @@ def test_majority_versus_hungarian():
         cluster_accuracy([0, 1], [0])
     with pytest.raises(ValueError):
         cluster_accuracy([0, 5], [0, 1], num_clusters=3)
+
+
+# ----------------------------------------------------------------- MI: standard error, never negative in a table
+def test_mi_standard_error_and_report():
+    """The per-point terms of the MI estimator average to the estimate; their standard error shrinks as 1/sqrt(N);
+    an encoder that ignores x gives an estimate near 0 that can be negative, which the report shows as 0."""
+    from lidvae_mini.metrics import mutual_information, mutual_information_report
+
+    g = torch.Generator().manual_seed(0)
+    mu = torch.randn(400, 2, generator=g, dtype=torch.float64)
+    lv = torch.full_like(mu, math.log(0.25))
+    est, se = mutual_information(mu, lv, seed=0, return_se=True)
+    assert est == mutual_information(mu, lv, seed=0)
+    assert 0 < se < 0.2
+    _, se4 = mutual_information(torch.cat([mu] * 4), torch.cat([lv] * 4), seed=0, return_se=True)
+    assert 0.3 * se < se4 < 0.7 * se                 # four times the points: about half the standard error
+    # no information: q(z|x) = N(0, I) for every x; the estimate scatters around 0 with its standard error
+    zero = torch.zeros(300, 2, dtype=torch.float64)
+    ests = [mutual_information(zero, zero, seed=s, return_se=True) for s in range(20)]
+    assert min(e for e, _ in ests) < 0 < max(e for e, _ in ests)
+    assert all(abs(e) < 5 * s for e, s in ests)
+    for e, s in ests:
+        rep = mutual_information_report(e, s)
+        assert rep["mi"] == max(e, 0.0) and rep["mi"] >= 0 and rep["mi_estimate"] == e and rep["mi_se"] == s
+    with pytest.raises(ValueError, match="finite"):
+        mutual_information_report(float("nan"))
+    with pytest.raises(ValueError, match=">= 0"):
+        mutual_information_report(0.1, -1.0)
