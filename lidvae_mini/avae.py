@@ -26,9 +26,13 @@ Model (paper §3; ``models/ae_model_MNIST.py``, ``train/trainer.py``):
   its end to the square root of the mean validation reconstruction error (``train/trainer.py``,
   ``Train.run_an_epoch``, validation branch: ``sigma_init_val = sqrt(avg_ae_loss_wo_const)``): the paper's
   data-driven β schedule. The reference's reconstruction error is the per-image squared error (Gaussian) or
-  the per-image binary cross-entropy (``loss/avae_loss.py``, ``autoencoder_loss`` / ``autoencoder_ce_loss``);
-  here it is ``-log p_theta(x | z)`` in nats per image, which is the binary cross-entropy for the Bernoulli head
-  and the squared error over ``2 sigma^2`` plus a constant for the Gaussian head.
+  the per-image binary cross-entropy (``loss/avae_loss.py``, ``autoencoder_loss`` / ``autoencoder_ce_loss``).
+  The loss's reconstruction term here is ``-log p_theta(x | z)`` in nats per image, which is the binary
+  cross-entropy for the Bernoulli head and the squared error over ``2 sigma^2`` plus a constant for the Gaussian
+  head. The **scale** ``s`` is set, as in the reference, from an error that is positive for every head
+  (:meth:`AVAE.scale_error`): the binary cross-entropy (Bernoulli), the squared error ``|x - mean|^2`` (Gaussian).
+  A Gaussian ``-log p`` can be negative (a learned noise scale below ``(2 pi e)^{-1/2}``), and ``s`` taken from
+  it would collapse to its floor and weight the reconstruction by ~``10^6``, silencing the KL.
 
 **What changes against the reference code** (``loss/avae_loss.py``, ``compute_kde_expectation``): the reference
 evaluates ``log10(q(z) + eps) - log10(p(z) + 1e-30)`` from sums of exponentials, with a floor ``eps`` equal to
@@ -316,6 +320,15 @@ class AVAE(DecoderFacts, nn.Module):
         """``-log p(x | z)``, nats per datapoint, shape (B,)."""
         return -self.decoder.log_prob(x, z)
 
+    def scale_error(self, x: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
+        """The reconstruction error that sets the scale ``s`` (reference ``avg_ae_loss_wo_const``), shape (B,),
+        never negative: the binary cross-entropy ``-log p(x|z)`` (nats) for the Bernoulli head, the squared error
+        ``sum_d (x_d - E[x_d|z])^2`` (squared data units, without the noise scale or the Gaussian's constant) for
+        the Gaussian head."""
+        if self.head == "gaussian":
+            return (x - self.decoder(z)).pow(2).sum(-1)
+        return self.reconstruction_error(x, z)
+
     def loss(self, x: torch.Tensor, codes: torch.Tensor, scale: float, kl_weight: float = 1.0,
              chunk: int = KDE_CHUNK) -> tuple[torch.Tensor, dict]:
         """The AVAE objective of a minibatch: ``mean(rec) / scale + kl_weight * KL(q_h || p)`` (module doc).
@@ -397,7 +410,7 @@ def _encode_all(model: AVAE, x: torch.Tensor, batch: int = 1000) -> torch.Tensor
 def _mean_rec(model: AVAE, x: torch.Tensor, batch: int = 1000) -> float:
     was = model.training
     model.eval()
-    rec = torch.cat([model.reconstruction_error(x[i:i + batch], model.encode(x[i:i + batch]))
+    rec = torch.cat([model.scale_error(x[i:i + batch], model.encode(x[i:i + batch]))
                      for i in range(0, len(x), batch)])
     model.train(was)
     return float(rec.double().mean())
@@ -405,17 +418,19 @@ def _mean_rec(model: AVAE, x: torch.Tensor, batch: int = 1000) -> float:
 
 @torch.no_grad()
 def evaluate_avae(model: AVAE, x: torch.Tensor, codes: torch.Tensor, batch: int = 1000) -> dict:
-    """Mean reconstruction error ``-log p(x|E(x))`` (nats per datapoint), KDE ``KL(q_h || p)`` at the codes of
-    ``x`` against the KDE ``codes`` (nats), and the active units of ``E(x)``
-    (:func:`lidvae_mini.metrics.active_units`, variance >= 0.01)."""
+    """Mean reconstruction error ``rec = -log p(x|E(x))`` (nats per datapoint), the mean :meth:`AVAE.scale_error`
+    ``scale_error`` (never negative; sets ``s``), KDE ``KL(q_h || p)`` at the codes of ``x`` against the KDE
+    ``codes`` (nats), and the active units ``au`` of ``E(x)`` (:func:`lidvae_mini.metrics.active_units`,
+    variance >= 0.01)."""
     was = model.training
     model.eval()
     z = torch.cat([model.encode(x[i:i + batch]) for i in range(0, len(x), batch)])
     rec = torch.cat([model.reconstruction_error(x[i:i + batch], z[i:i + batch]) for i in range(0, len(x), batch)])
+    err = torch.cat([model.scale_error(x[i:i + batch], z[i:i + batch]) for i in range(0, len(x), batch)])
     kl = kl_to_prior(z, codes, model.h)
     model.train(was)
     au = active_units(z)["count"] if len(z) > 1 else 0
-    return {"rec": float(rec.double().mean()), "kl": float(kl), "au": au}
+    return {"rec": float(rec.double().mean()), "scale_error": float(err.double().mean()), "kl": float(kl), "au": au}
 
 
 def fit_avae(model: AVAE, train_x, valid_x, *, epochs: int = 10, batch_size: int = 100, lr: float = 1e-3,
@@ -429,7 +444,8 @@ def fit_avae(model: AVAE, train_x, valid_x, *, epochs: int = 10, batch_size: int
     minibatch item is ever one of the KDE codes). Every ``refresh_every`` steps the KDE codes are recomputed
     under ``no_grad`` in eval mode (``update_q_iter_count = 10`` in the reference's configuration). A step
     minimises ``mean(rec)/s + kl_weight * KL`` (:meth:`AVAE.loss`); after the epoch, ``s`` becomes the square
-    root of the mean validation reconstruction error (reference: ``train/trainer.py``, ``Train.run_an_epoch``).
+    root of the mean validation :meth:`AVAE.scale_error` (binary cross-entropy in nats for the Bernoulli head,
+    squared error for the Gaussian head; reference: ``train/trainer.py``, ``Train.run_an_epoch``).
     The first ``s`` is ``initial_scale``, else the square root of the validation error at initialisation (the
     reference takes it from its configuration, e.g. ``sqrt(200)`` for CIFAR-10).
 
@@ -564,11 +580,11 @@ def fit_avae(model: AVAE, train_x, valid_x, *, epochs: int = 10, batch_size: int
         history["valid_au"].append(ev["au"])
         history["scale"].append(scale)
         history["seconds"].append(time.perf_counter() - t0)
-        if not math.isfinite(ev["rec"]):
+        if not (math.isfinite(ev["rec"]) and math.isfinite(ev["scale_error"])):
             model.load_state_dict(good[0])
             opt.load_state_dict(good[1])
             raise NonFiniteLossError(f"non-finite validation error at epoch {epoch + 1}", epoch + 1, step, None)
-        scale = math.sqrt(max(ev["rec"], 1e-12))
+        scale = math.sqrt(max(ev["scale_error"], 1e-12))
         if ckpt_path is not None:
             ckpt_path.parent.mkdir(parents=True, exist_ok=True)
             _atomic_save({"model": model.state_dict(), "optimizer": opt.state_dict(), "data_rng": gen.get_state(),

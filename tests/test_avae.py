@@ -6,8 +6,8 @@ import pytest
 import torch
 
 from lidvae_mini import avae
-from lidvae_mini.avae import (AVAE, DeterministicEncoder, bandwidth, bandwidth_criterion, build_avae, fit_avae,
-                              kde_log_density, kl_to_prior)
+from lidvae_mini.avae import (AVAE, DeterministicEncoder, bandwidth, bandwidth_criterion, build_avae, evaluate_avae,
+                              fit_avae, kde_log_density, kl_to_prior)
 from lidvae_mini.decoders import InjectiveDecoder, MLPDecoder, count_parameters
 from lidvae_mini.train import NonFiniteLossError
 
@@ -263,3 +263,30 @@ def test_decoder_sensitivity_zero_exactly_for_an_ignored_axis():
     assert s.shape == (3,) and torch.isfinite(s).all()
     assert s[1] == 0 and s[0] > 0 and s[2] > 0
     torch.testing.assert_close(m.latent_sensitivity(n_samples=200), s)
+
+
+# ------------------------------------------------------------- the scale s with a Gaussian likelihood
+def test_the_scale_comes_from_a_positive_error_for_a_gaussian_head():
+    """Low-noise Gaussian data: the learned noise scale shrinks, -log p(x|z) turns negative, yet s stays the square
+    root of the validation squared error (the reference's), which cannot be negative; the KL keeps its weight."""
+    g = torch.Generator().manual_seed(0)
+    z = torch.randn(700, 2, generator=g)
+    x = torch.tanh(z @ torch.randn(2, 8, generator=g)) + 0.01 * torch.randn(700, 8, generator=g)
+    model = build_avae("avae", 8, 2, h=0.5, head="gaussian", encoder_hidden=(32,), mlp_hidden=(32, 32), seed=0)
+    hist = fit_avae(model, x[:600], x[600:], epochs=15, batch_size=50, lr=2e-2, kde_size=100, refresh_every=2,
+                    seed=0)
+    assert min(hist["valid_rec"]) < 0, hist["valid_rec"]          # the nats error does go negative
+    ev = evaluate_avae(model, x[600:], model.encode(x[:100]).detach())
+    with torch.no_grad():
+        sq = (x[600:] - model.decoder(model.encode(x[600:]))).pow(2).sum(-1).double().mean().item()
+    assert ev["scale_error"] == pytest.approx(sq, rel=1e-6) and ev["scale_error"] > 0
+    # every epoch's s is the square root of the previous epoch's validation squared error: never at the floor
+    assert all(s > 1e-3 for s in hist["scale"]), hist["scale"]
+
+
+def test_the_scale_error_of_a_bernoulli_head_is_the_cross_entropy():
+    model = build_avae("avae", 12, 3, h=0.5, hidden1=(8,), hidden2=(16,), seed=0)
+    x = (torch.rand(20, 12, generator=torch.Generator().manual_seed(1)) > 0.5).float()
+    with torch.no_grad():
+        z = model.encode(x)
+        torch.testing.assert_close(model.scale_error(x, z), model.reconstruction_error(x, z))
