@@ -23,7 +23,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-__all__ = ["Spec", "SPECS", "RULES", "check", "describe", "spec_from_defaults"]
+__all__ = ["Spec", "SPECS", "RULES", "check", "describe", "small_corner", "spec_from_defaults"]
 
 
 @dataclass(frozen=True)
@@ -48,6 +48,7 @@ class Spec:
     min_len: int = 0
     max_len: int | None = None
     none: bool = False
+    note: str = ""
 
 
 def Int(low=None, high=None, none=False) -> Spec:           # noqa: N802 - spec constructors read as types
@@ -64,6 +65,21 @@ def Choice(*choices) -> Spec:                                # noqa: N802
 
 def List(item: Spec, min_len=0, max_len=None, none=False) -> Spec:   # noqa: N802
     return Spec("list", item=item, min_len=min_len, max_len=max_len, none=none)
+
+
+#: Why a size has a lower bound above 1: the chapter asserts its statements (the checks that keep its prose true)
+#: from that value up, so a smaller one is refused before any compute instead of failing in a cell.
+ASSERTED = "smaller values are refused: the chapter's checked statements hold from here up"
+
+
+def Asserted(low, high=None) -> Spec:                        # noqa: N802
+    """An integer size with the smallest value at which the chapter's asserted statements hold."""
+    return Spec("int", low, high, note=ASSERTED)
+
+
+def AssertedWidths(low, min_len=1) -> Spec:                  # noqa: N802
+    """Hidden-layer widths, each at least ``low``, at least ``min_len`` layers (the chapter's asserted range)."""
+    return List(Asserted(low), min_len=min_len)
 
 
 POSITIVE = Float(0, low_open=True)          # a scale, rate or noise sd
@@ -92,19 +108,19 @@ SPECS: dict[str, dict[str, Spec]] = {
                     datapoints=List(Int(0, 499), 1), num_warmup=COUNT, num_samples=COUNT, num_chains=COUNT,
                     joint_sigmas=List(POSITIVE, 1), joint_datasets=List(Choice("oned", "twod"), 1), seed=SEED,
                     out_dir=FOLDER),
-    "03_gmm": dict(n=COUNT, data=Choice("official", "regenerated", "auto"), num_warmup=COUNT, num_samples=COUNT,
-                   num_chains=COUNT, seed=SEED, exact_ns=List(COUNT), out_dir=FOLDER),
+    "03_gmm": dict(n=Asserted(2000), data=Choice("official", "regenerated", "auto"), num_warmup=Asserted(300), num_samples=Asserted(300),
+                   num_chains=Asserted(2), seed=SEED, exact_ns=List(COUNT), out_dir=FOLDER),
     "04_gmvae": dict(n=COUNT, mu=Float(0, low_open=True), s=POSITIVE, grid_size=Int(3), seed=SEED, out_dir=FOLDER),
-    "05_icnn_brenier": dict(steps=COUNT, hidden=WIDTHS, n=Int(2), seed=SEED, out_dir=FOLDER),
-    "06_lidvae": dict(n_train=COUNT, n_valid=COUNT, epochs=COUNT, batch_size=COUNT, lr=POSITIVE,
-                      latent_dim=Int(1, 2), alpha=POSITIVE, alpha_small=POSITIVE, encoder_hidden=WIDTHS,
-                      icnn_hidden=WIDTHS, mnist_n=COUNT, mnist_epochs=COUNT, mnist_lr=POSITIVE,
-                      mnist_latent_dim=Int(1, MNIST_PIXELS), mnist_encoder_hidden=WIDTHS,
-                      mnist_icnn_hidden=TWO_WIDTHS, iwae_samples=COUNT, seed=SEED, data_dir=FOLDER, device=DEVICE,
+    "05_icnn_brenier": dict(steps=Asserted(400), hidden=List(Asserted(64), min_len=2), n=Asserted(2000), seed=SEED, out_dir=FOLDER),
+    "06_lidvae": dict(n_train=Asserted(2000), n_valid=Asserted(500), epochs=Asserted(30), batch_size=COUNT, lr=POSITIVE,
+                      latent_dim=Asserted(2, 2), alpha=POSITIVE, alpha_small=POSITIVE, encoder_hidden=AssertedWidths(64, 2),
+                      icnn_hidden=AssertedWidths(32, 2), mnist_n=Asserted(2000), mnist_epochs=Asserted(10), mnist_lr=POSITIVE,
+                      mnist_latent_dim=Asserted(16, MNIST_PIXELS), mnist_encoder_hidden=AssertedWidths(256),
+                      mnist_icnn_hidden=List(AssertedWidths(32, 2), min_len=2, max_len=2), iwae_samples=COUNT, seed=SEED, data_dir=FOLDER, device=DEVICE,
                       out_dir=FOLDER),
-    "07_lidgmvae_pinwheel": dict(n_per_class=COUNT, n_test_per_class=COUNT, epochs=COUNT, batch_size=COUNT,
-                                 lr=POSITIVE, latent_dim=Int(1, 2), num_clusters=Int(2), depth=COUNT,
-                                 icnn_width=COUNT, alpha=POSITIVE, hidden=WIDTHS,
+    "07_lidgmvae_pinwheel": dict(n_per_class=Asserted(200), n_test_per_class=Asserted(100), epochs=Asserted(50), batch_size=COUNT,
+                                 lr=POSITIVE, latent_dim=Asserted(2, 2), num_clusters=Asserted(5), depth=Asserted(2),
+                                 icnn_width=Asserted(32), alpha=POSITIVE, hidden=AssertedWidths(64, 2),
                                  encoder=Choice(*IMAGE_ENCODERS), learn_prior=Spec("bool"),
                                  prior_radius=POSITIVE, prior_scale=POSITIVE, iwae_samples=COUNT, seed=SEED,
                                  device=DEVICE, out_dir=FOLDER),
@@ -117,25 +133,25 @@ SPECS: dict[str, dict[str, Spec]] = {
                       depths=List(COUNT), ablation_dataset=Choice(*IMAGE_DATASETS),
                       ablation_cells=List(Choice(*IMAGE_METHODS)), ablation_seeds=List(SEED, 1, none=True),
                       seed=SEED, seeds=List(SEED, 1, none=True), data_dir=FOLDER, device=DEVICE, out_dir=FOLDER),
-    "09_text": dict(synth_n_train=COUNT, synth_n_valid=COUNT, synth_n_test=COUNT, synth_epochs=COUNT,
+    "09_text": dict(synth_n_train=Asserted(2000), synth_n_valid=Asserted(300), synth_n_test=Asserted(500), synth_epochs=Asserted(8),
                     latent_dim=COUNT, embed_dim=COUNT, enc_hidden=COUNT, dec_hidden=COUNT, icnn_hidden=TWO_WIDTHS,
                     alpha=POSITIVE, beta_small=POSITIVE, sa_svi_steps=COUNT, lagging_inner_steps=COUNT,
                     lr=POSITIVE, batch_size=COUNT, iwae_samples=COUNT, yahoo_n=Int(0), yahoo_n_valid=COUNT,
                     yahoo_n_test=COUNT, yahoo_vocab=Int(5), yahoo_max_len=COUNT, yahoo_latent_dim=COUNT,
                     yahoo_epochs=COUNT, n_interp=Int(2), seed=SEED, data_dir=FOLDER, out_dir=FOLDER),
-    "10_avae": dict(methods=List(Choice("vae", "beta_vae", "lidvae", "avae", "lid_avae"), 1), n_train=Int(3),
-                    n_valid=COUNT, n_test=COUNT, epochs=COUNT, batch_size=COUNT, lr=POSITIVE,
+    "10_avae": dict(methods=List(Choice("vae", "beta_vae", "lidvae", "avae", "lid_avae"), 1), n_train=Asserted(1000),
+                    n_valid=Asserted(200), n_test=Asserted(500), epochs=Asserted(6), batch_size=COUNT, lr=POSITIVE,
                     latent_dim=Int(1, MNIST_PIXELS), encoder_hidden=WIDTHS, icnn_hidden=TWO_WIDTHS, alpha=POSITIVE,
-                    kde_size=Int(2), refresh_every=COUNT, n_generate=COUNT, pr_k=COUNT, sensitivity_step=POSITIVE,
+                    kde_size=Int(2), refresh_every=COUNT, n_generate=Asserted(500), pr_k=COUNT, sensitivity_step=POSITIVE,
                     flat_threshold=POSITIVE, mds_points=Int(2), seed=SEED, seeds=List(SEED, 1, none=True),
                     data_dir=FOLDER, device=DEVICE, out_dir=FOLDER),
-    "11_diagnose": dict(sigmas=List(POSITIVE, 1), n_points=COUNT, n_samples=COUNT, kl_threshold=POSITIVE,
-                        synth_n=COUNT, synth_epochs=COUNT, pin_n=COUNT, pin_epochs=COUNT, pin_alpha=POSITIVE,
-                        mnist_models=List(Choice("vae", "beta_vae", "lagging_vae", "lidvae")), mnist_n=COUNT,
-                        mnist_epochs=COUNT, mnist_latent_dim=Int(1, MNIST_PIXELS), mnist_lr=POSITIVE,
+    "11_diagnose": dict(sigmas=List(POSITIVE, 1), n_points=Asserted(200), n_samples=COUNT, kl_threshold=POSITIVE,
+                        synth_n=Asserted(1000), synth_epochs=Asserted(20), pin_n=Asserted(2000), pin_epochs=Asserted(30), pin_alpha=POSITIVE,
+                        mnist_models=List(Choice("vae", "beta_vae", "lagging_vae", "lidvae")), mnist_n=Asserted(1000),
+                        mnist_epochs=Asserted(5), mnist_latent_dim=Int(1, MNIST_PIXELS), mnist_lr=POSITIVE,
                         mnist_alpha=POSITIVE, mnist_icnn_hidden=TWO_WIDTHS, lagging_inner_steps=COUNT,
                         batch_size=COUNT, seed=SEED, data_dir=FOLDER, device=DEVICE, out_dir=FOLDER),
-    "errata": dict(seed=SEED, n_points=COUNT, iw_repetitions=COUNT, out_dir=FOLDER),
+    "errata": dict(seed=SEED, n_points=Asserted(1000), iw_repetitions=Asserted(100), out_dir=FOLDER),
 }
 
 
@@ -149,6 +165,9 @@ RULES: dict[str, list[tuple[tuple[str, ...], object, str]]] = {
     "03_gmm": [(("data", "n"), lambda p: p["data"] != "official" or p["n"] <= 10_000,
                 "n <= 10000 with data='official' (the official files hold 10^4 points; use data='auto' or "
                 "'regenerated' for more)")],
+    "07_lidgmvae_pinwheel": [(("n_per_class", "epochs"), lambda p: p["n_per_class"] * p["epochs"] >= 24_000,
+                              "n_per_class * epochs >= 24000 (the chapter's checked statements need that much "
+                              "training: 200 points per arm for 120 epochs, or 2000 for 50 as in cpu.yaml)")],
     "10_avae": [(("kde_size", "n_train"), lambda p: p["kde_size"] < p["n_train"],
                  "kde_size < n_train (the AVAE holds its KDE codes out of the training images)")],
     "08_images": [(("num_clusters", "latent_dim"), lambda p: not _example1_rows(p) or p["num_clusters"]
@@ -188,7 +207,7 @@ def describe(spec: Spec) -> str:
         text = "'auto', 'cpu', 'cuda' or 'cuda:N' (CUDA only where available)"
     else:
         raise ValueError(f"unknown spec kind {spec.kind!r}")
-    return text + (" or None" if spec.none else "")
+    return text + (" or None" if spec.none else "") + (f" ({spec.note})" if spec.note else "")
 
 
 def _plural(text: str) -> str:
@@ -336,3 +355,35 @@ def check(chapter: str, values: dict, *, coerce: bool = False, spec: dict | None
             given = ", ".join(f"{k}={out[k]!r}" for k in names)
             raise ValueError(f"{chapter}: parameters {given}: expected {expected}")
     return out
+
+
+def _corner_value(spec: Spec, default):
+    if spec.kind == "int" and spec.low is not None and default is not None:
+        return max(int(spec.low), 0) if spec.low > -math.inf else default
+    if spec.kind == "list" and isinstance(default, (list, tuple)):
+        keep = list(default)[:max(spec.min_len, 0)]
+        keep += list(default)[len(keep):spec.min_len]
+        return [_corner_value(spec.item, v) for v in keep]
+    return default
+
+
+def small_corner(chapter: str, defaults: dict) -> dict:
+    """The smallest values :data:`SPECS` accepts for ``chapter``, starting from its ``defaults``: every integer with a
+    lower bound at that bound (sizes, epochs, samples, widths), every list cut to its shortest allowed length
+    (entries at their own corner); numbers, choices, flags, paths and devices keep their defaults, and so do batch
+    sizes (a smaller batch costs more steps, not less); where the corner breaks one of :data:`RULES`, that rule's
+    parameters keep their defaults. The values
+    satisfy the spec and its :data:`RULES` (``tests/test_parameters.py``), so a run at them must end with its
+    results: the test of every chapter at its small corner (``tests/test_small_corner.py``) holds the chapters
+    and the specs to that.
+
+    Raises:
+        KeyError: ``chapter`` has no spec.
+    """
+    spec = SPECS[chapter]
+    corner = {name: defaults[name] if "batch_size" in name else _corner_value(s, defaults[name])
+              for name, s in spec.items()}
+    for names, holds, _ in RULES.get(chapter, ()):
+        if not holds(corner):          # the corner breaks a rule: that rule's parameters keep their defaults
+            corner.update({k: defaults[k] for k in names})
+    return corner

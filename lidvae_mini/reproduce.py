@@ -124,12 +124,20 @@ def chapter_parameters(notebook: Path) -> dict:
 
 
 def parse_overrides(pairs: list[str]) -> dict:
-    """Parse ``key=value`` strings; values are read as YAML (numbers, booleans, strings, lists)."""
+    """Parse ``key=value`` strings; values are read as YAML (numbers, booleans, strings, lists).
+
+    Raises:
+        ReproduceError: a pair without ``=``, a value that is not YAML, or a parameter given twice (``-p n=100
+            -p n=200``: refused rather than silently resolved).
+    """
     out = {}
     for pair in pairs:
         key, sep, value = pair.partition("=")
         if not sep or not key.strip():
             raise ReproduceError(f"-p {pair!r} is not of the form key=value (e.g. -p n=100)")
+        if key.strip() in out:
+            raise ReproduceError(f"parameter {key.strip()} is given twice with -p ({key.strip()}="
+                                 f"{out[key.strip()]!r} and {pair!r}): give it once")
         try:
             parsed = yaml.safe_load(value) if value.strip() else ""
         except yaml.YAMLError as err:

@@ -10,8 +10,16 @@ Every grid point × seed is one run of :func:`lidvae_mini.reproduce.run` (paperm
 `Ray <https://docs.ray.io>`_ task that declares its resources: ``num_cpus`` (``--cpus-per-run``, default 1) and
 ``num_gpus=1`` when the run's ``device`` parameter asks for CUDA (``cuda`` or ``cuda:N``; ``--gpus-per-run``
 overrides). Without ``--address`` (and without ``$RAY_ADDRESS``) a local Ray runtime is started on the loopback
-address, without dashboard; ``--address auto``, ``HOST:PORT`` or ``ray://HOST:PORT`` connects to an existing
-cluster. Ray is an optional dependency: ``pip install "lidvae-mini[sweep]"``.
+address, without dashboard; ``--address auto`` or ``HOST:PORT`` (the head's GCS address) connects to an existing
+cluster from a driver that runs **on** it, the way Ray supports. To start a sweep from another machine, submit
+the driver through the Ray Jobs API, which runs it on the head node::
+
+    ray job submit --address http://HEAD:8265 --working-dir . -- \\
+        python -m lidvae_mini.sweep 01_theorem --seeds 0-9 --out runs/theorem-sweep --address auto
+
+``ray://HOST:PORT`` addresses (Ray Client, which Ray documents as deprecated in favour of the Jobs API) are
+refused with that advice. Ray is an optional dependency: ``pip install "lidvae-mini[sweep]"`` (``ray[default]``,
+which brings the ``ray job`` command).
 
 **Checks before anything is submitted** (exit status 2, or 1 for missing data, as in ``reproduce``): the chapter,
 every parameter name (``-f``, ``-p``, ``--grid``), value type and range (:data:`lidvae_mini.parameters.SPECS`;
@@ -466,7 +474,7 @@ def _import_ray():
     try:
         import ray
     except ImportError:
-        raise SweepError("the sweep needs Ray: pip install 'lidvae-mini[sweep]' (or pip install 'ray[client]')") \
+        raise SweepError("the sweep needs Ray: pip install 'lidvae-mini[sweep]' (or pip install 'ray[default]')") \
             from None
     return ray
 
@@ -489,9 +497,23 @@ def ray_offline_env(home: str | Path) -> dict:
     return {"HOME": str(home), "RAY_USAGE_STATS_ENABLED": "0", "RAY_USAGE_STATS_REPORT_URL": "http://127.0.0.1:9/"}
 
 
+def check_address(address: str | None) -> str | None:
+    """``address`` if it is one the sweep supports (``None``, ``auto``, ``HOST:PORT``); returns it.
+
+    Raises:
+        SweepError: a ``ray://`` (Ray Client) address, with the supported ways in one line.
+    """
+    if address is not None and address.strip().lower().startswith("ray://"):
+        raise SweepError(f"--address {address}: Ray Client (ray://) is not supported (Ray deprecates it); run the "
+                         f"sweep on the cluster with --address auto or the head's HOST:PORT, or submit it from here "
+                         f"with the Ray Jobs API: ray job submit --address http://HEAD:8265 --working-dir . -- "
+                         f"python -m lidvae_mini.sweep ... --address auto")
+    return address
+
+
 def connect(address: str | None = None, num_cpus: int | None = None,
             object_store_mb: int | None = DEFAULT_OBJECT_STORE_MB):
-    """Connect to the Ray cluster at ``address`` (``auto``, ``HOST:PORT`` or ``ray://HOST:PORT``), or start a local
+    """Connect to the Ray cluster at ``address`` (``auto`` or ``HOST:PORT``: :func:`check_address`), or start a local
     runtime (``address=None``) with ``num_cpus`` CPUs (default: all), an object store of ``object_store_mb`` MB,
     no dashboard and usage statistics off, bound to the loopback address, its processes kept off the network
     (:func:`ray_offline_env`; their ``HOME`` is a temporary folder, which also holds Ray's token for the runtime).
@@ -500,6 +522,7 @@ def connect(address: str | None = None, num_cpus: int | None = None,
     ``ray.shutdown()``.
     """
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    check_address(address)
     if address is not None:
         ray = _import_ray()
         ray.init(address=address, log_to_driver=False, logging_level="warning")
@@ -711,8 +734,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--scale", choices=tuple(SCALES), default=None,
                         help="scale label of every run (default: inferred per grid point, as in reproduce)")
     parser.add_argument("--address", default=os.environ.get("RAY_ADDRESS") or None,
-                        help="Ray cluster: auto, HOST:PORT or ray://HOST:PORT (default $RAY_ADDRESS, else a local "
-                             "runtime)")
+                        help="Ray cluster this driver runs on: auto or the head's HOST:PORT (default $RAY_ADDRESS, "
+                             "else a local runtime); from another machine, submit with `ray job submit`")
     parser.add_argument("--retries", type=int, default=2, help="submissions again of a failed run (default 2)")
     parser.add_argument("--system-retries", type=int, default=3,
                         help="Ray max_retries per submission, for a killed worker or lost node (default 3)")
@@ -735,6 +758,7 @@ def main(argv: list[str] | None = None) -> int:
             raise SweepError("--local-cpus must be >= 1")
         if args.object_store_mb is not None and args.object_store_mb < 80:
             raise SweepError("--object-store-mb must be at least 80 (Ray's minimum is 75 MiB)")
+        check_address(args.address)
         specs = plan(args.chapter, args.params_file, rp.parse_overrides(args.param), parse_grid(args.grid),
                      parse_seeds(args.seeds), args.out or Path("runs") / "sweep" / args.chapter, args.book,
                      args.scale, args.cpus_per_run, args.gpus_per_run)
