@@ -121,8 +121,9 @@ class Diagnosis:
 
     Fields: ``names``; ``sensitivity`` ``s_k`` and its Monte Carlo standard error ``sensitivity_se`` (nats per
     datapoint); ``rec_drop`` (nats); ``kl`` (``KL_k``, nats per datapoint); ``au_variance`` (``Var_x E_q[z_k|x]``);
-    booleans ``flat`` (sensitivity zero to floating-point precision: ``s_k <= 10 eps max(mean |log p(x|z)|, 1)``,
-    ``eps`` the machine epsilon of the model's dtype; Definition 2 exactly), ``identifiable``, ``active``, ``used``;
+    booleans ``flat`` (sensitivity zero to floating-point precision: ``sqrt(mean_i |V_i|) <= 10 eps max(mean
+    |log p(x|z)|, 1)`` over the points' ``V_i``, ``eps`` the machine epsilon of the model's dtype; Definition 2
+    exactly; the absolute value because the cluster row's per-point estimates can fall below 0), ``identifiable``, ``active``, ``used``;
     ``verdict`` (strings of :data:`VERDICTS`); ``kl_se`` and ``au_variance_se`` (standard errors over the points);
     ``borderline`` (the verdict is withheld: a deciding statistic lies within its standard error of its
     threshold); ``thresholds``; ``kl_method`` (``"analytic"``, or ``"moment"``: the
