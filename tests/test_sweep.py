@@ -491,3 +491,56 @@ def test_a_ray_client_address_is_refused_with_the_supported_ways(tmp_path):
     assert not (tmp_path / "out").exists()
     with pytest.raises(sweep.SweepError, match="ray job submit"):
         sweep.connect("ray://127.0.0.2:10001")
+
+
+# ------------------------------------------------------------------------------------------------------------
+# Remote submission: the Ray Jobs API runs the sweep's driver on a cluster's head node
+
+JOBS_HEAD_IP = "127.0.0.4"
+
+
+def _wait_jobs_api(address: str, home: Path, timeout: float = 120) -> None:
+    """``ray start`` returns before the dashboard and the node's job agent serve jobs: submit a no-op job until one
+    succeeds (a first submission on a busy machine was seen to fail otherwise)."""
+    start, res = time.monotonic(), None
+    while time.monotonic() - start < timeout:
+        res = subprocess.run([_ray_cli(), "job", "submit", "--address", address, "--", "true"],
+                             env=_ray_node_env(home), capture_output=True, text=True, timeout=timeout)
+        if res.returncode == 0:
+            return
+        time.sleep(2)
+    raise AssertionError(f"the Jobs API at {address} did not accept a job within {timeout} s:\n"
+                         + (res.stdout + res.stderr if res else ""))
+
+
+@pytest.fixture(scope="module")
+def jobs_head(tmp_path_factory):
+    """A one-node cluster (127.0.0.4, 1 CPU) with its dashboard, which serves the Ray Jobs API, on loopback."""
+    temp = Path(tempfile.mkdtemp(prefix="rayj-"))
+    home = tmp_path_factory.mktemp("ray_jobs_home")
+    port, dash = _free_port(), _free_port()
+    markers = [str(temp), f"{JOBS_HEAD_IP}:{port}"]
+    try:
+        _ray_start(["--head", f"--node-ip-address={JOBS_HEAD_IP}", f"--port={port}", "--num-cpus=1",
+                    "--include-dashboard=true", f"--dashboard-host={JOBS_HEAD_IP}", f"--dashboard-port={dash}",
+                    f"--object-store-memory={OBJECT_STORE}", "--disable-usage-stats", f"--temp-dir={temp}"], home)
+        jobs = f"http://{JOBS_HEAD_IP}:{dash}"
+        _wait_jobs_api(jobs, home)
+        yield {"jobs": jobs, "home": home}
+    finally:
+        _kill(_cluster_pids(markers))
+        shutil.rmtree(temp, ignore_errors=True)
+
+
+def test_a_sweep_submitted_through_the_ray_jobs_api(jobs_head, tmp_path):
+    """`ray job submit` (the supported way to start a driver on a remote cluster, as the module docstring shows)
+    runs the sweep on the head node: the run completes there and its folder is written."""
+    out = tmp_path / "out"
+    driver = f"cd {ROOT} && {sys.executable} -m lidvae_mini.sweep 01_theorem --seeds 0 --out {out} --address auto"
+    res = subprocess.run([_ray_cli(), "job", "submit", "--address", jobs_head["jobs"], "--", "bash", "-c", driver],
+                         env=_ray_node_env(jobs_head["home"]), capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stdout + res.stderr
+    assert "1 runs: 0 skipped (finished before), 1 completed, 0 failed" in res.stdout, res.stdout
+    folder = out / "default" / "seed_0"
+    assert sweep.run_state(folder) == "completed"
+    assert json.loads((folder / "environment.json").read_text())["sweep"]["node"].startswith(JOBS_HEAD_IP)
