@@ -23,7 +23,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-__all__ = ["Spec", "SPECS", "RULES", "check", "describe", "small_corner", "spec_from_defaults"]
+__all__ = ["Spec", "SPECS", "RULES", "at_defaults", "check", "describe", "small_corner", "spec_from_defaults"]
 
 
 @dataclass(frozen=True)
@@ -387,3 +387,32 @@ def small_corner(chapter: str, defaults: dict) -> dict:
         if not holds(corner):          # the corner breaks a rule: that rule's parameters keep their defaults
             corner.update({k: defaults[k] for k in names})
     return corner
+
+
+#: Parameters that set where a run reads or writes, or which seed it uses, not what it computes at a setting.
+NOT_SETTINGS = ("seed", "seeds", "out_dir", "data_dir", "device")
+
+
+def at_defaults(chapter: str, values: dict, book_dir=".") -> bool:
+    """Whether ``values`` (a chapter's ``globals()``) hold the chapter's default setting: every parameter of its
+    spec except :data:`NOT_SETTINGS` equal to the value in the chapter's own ``parameters`` cell, read from
+    ``book_dir/<chapter>.ipynb``. A chapter asserts its seed-dependent claims only there (on the seeds checked while
+    writing it) and reports what it found elsewhere. ``False`` when the notebook is not on disk (e.g. opened in
+    Colab from the repository's URL), so that such a run reports rather than stops.
+
+    Raises:
+        KeyError: ``chapter`` has no spec.
+    """
+    from pathlib import Path
+
+    from .reproduce import chapter_parameters
+
+    path = Path(book_dir) / f"{chapter}.ipynb"
+    if not path.is_file():
+        return False
+    defaults = chapter_parameters(path)
+    return all(_as_list(values.get(k)) == _as_list(defaults.get(k)) for k in SPECS[chapter] if k not in NOT_SETTINGS)
+
+
+def _as_list(value):
+    return [_as_list(v) for v in value] if isinstance(value, (list, tuple)) else value

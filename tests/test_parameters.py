@@ -101,3 +101,14 @@ def test_a_chapter_without_a_spec_is_checked_against_the_kinds_of_its_defaults()
     for name, bad in (("n", 1.5), ("lr", "x"), ("flag", 1), ("xs", 1.5), ("xs", ["a"])):
         with pytest.raises(ValueError, match=f"tiny: parameter {name}="):
             parameters.check("tiny", {**defaults, name: bad}, spec=spec)
+
+
+def test_at_defaults_reads_the_chapters_own_parameters_cell(tmp_path):
+    """A chapter asserts its seed-dependent claims only at its own defaults: every setting equal to its parameters
+    cell (seed, folders and device aside); False when its notebook is not on disk (Colab from a URL)."""
+    base = chapter_parameters(BOOK / "07_lidgmvae_pinwheel.ipynb")
+    assert parameters.at_defaults("07_lidgmvae_pinwheel", base, BOOK)
+    assert parameters.at_defaults("07_lidgmvae_pinwheel", {**base, "seed": 3, "out_dir": "x"}, BOOK)
+    assert parameters.at_defaults("07_lidgmvae_pinwheel", {**base, "hidden": tuple(base["hidden"])}, BOOK)
+    assert not parameters.at_defaults("07_lidgmvae_pinwheel", {**base, "epochs": base["epochs"] + 1}, BOOK)
+    assert not parameters.at_defaults("07_lidgmvae_pinwheel", base, tmp_path)
