@@ -47,6 +47,7 @@ class BrenierMap(nn.Module):
         alpha: strong-monotonicity constant ``alpha > 0`` (default 0.1).
         negative_slope, activation: passed to the ICNN (paper: 0.2, ``"leaky_relu"``).
         grad_mode: ``"explicit"`` (default, faster) or ``"autograd"``.
+        active_inputs: passed to the ICNN (input coordinates expected to carry signal; sets the initial scale).
 
     The potential has no output bias (it does not move the map), and with ``"leaky_relu"`` no biases on
     layers ``l >= 1`` (their gradient through the map is zero almost everywhere; see
@@ -63,11 +64,11 @@ class BrenierMap(nn.Module):
     """
 
     def __init__(self, dim: int, hidden=(64, 64), alpha: float = 0.1, negative_slope: float = 0.2,
-                 activation: str = "leaky_relu", grad_mode: str = "explicit"):
+                 activation: str = "leaky_relu", grad_mode: str = "explicit", active_inputs: int | None = None):
         super().__init__()
         self.potential_net = ICNN(dim, hidden, alpha=alpha, negative_slope=negative_slope,
                                   activation=activation, output_bias=False,
-                                  hidden_bias=(activation != "leaky_relu"))
+                                  hidden_bias=(activation != "leaky_relu"), active_inputs=active_inputs)
         self.grad_mode = check_choice(grad_mode, "grad_mode", GRAD_MODES)
 
     @property

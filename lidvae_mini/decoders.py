@@ -9,10 +9,19 @@ LIDVAE (Wang, Blei & Cunningham 2021, Sec. 3.1, Eq. 7):
 
 with :math:`g_1 = \\nabla\\psi_1: \\mathbb{R}^K\\to\\mathbb{R}^K`, :math:`g_2 = \\nabla\\psi_2: \\mathbb{R}^D\\to\\mathbb{R}^D`
 Brenier maps (:class:`~lidvae_mini.brenier.BrenierMap`, strongly monotone with constant ``alpha``) and
-:math:`\\beta` a **fixed** zero-one ``K x D`` matrix with ones on the main diagonal (full rank ``K``; a
-buffer, never trained). Hence :math:`z \\mapsto \\eta(z)` is injective and, for the heads whose parameters
-identify the distribution, so is :math:`z \\mapsto p(\\cdot\\mid z)` (Proposition 2):
-:math:`\\lVert\\eta(z)-\\eta(z')\\rVert \\ge \\alpha^2\\lVert z-z'\\rVert`.
+:math:`\\beta` a ``K x D`` matrix of full row rank ``K`` (so :math:`\\beta^\\top` has full column rank). Two
+variants (``beta=`` of :class:`InjectiveDecoder`):
+
+- ``"fixed"``, the paper's text: a zero-one matrix with ones on the main diagonal, a buffer never trained. Its
+  ones write :math:`g_1(z)` into coordinates ``0..K-1`` of :math:`g_2`'s input: for a flattened image, the first
+  ``K`` pixels (MNIST with ``K = 16``: the left part of the top row, which is blank in almost every image).
+- ``"learned"``, as the official code's dense layer but with the rank guaranteed (:class:`FullRankLift`):
+  :math:`\\beta^\\top = Q\\,\\mathrm{diag}(e^{s})` with :math:`Q` of orthonormal columns, plus an optional bias.
+  Full column rank holds for every parameter value; :math:`\\sigma_{\\min}(\\beta) = \\min_k e^{s_k}`.
+
+Hence :math:`z \\mapsto \\eta(z)` is injective and, for the heads whose parameters identify the distribution, so
+is :math:`z \\mapsto p(\\cdot\\mid z)` (Proposition 2):
+:math:`\\lVert\\eta(z)-\\eta(z')\\rVert \\ge \\alpha^2\\,\\sigma_{\\min}(\\beta)\\,\\lVert z-z'\\rVert`.
 
 Heads (``forward`` returns the likelihood parameters, shape ``(B, D)``):
 
@@ -36,6 +45,8 @@ from .brenier import BrenierMap
 from ._checks import check_batch, hidden_sizes
 
 HEADS = ("bernoulli", "gaussian", "categorical")
+#: The variants of the LIDVAE's linear map ``beta`` (:class:`InjectiveDecoder`).
+BETAS = ("fixed", "learned")
 
 
 def count_parameters(module: nn.Module, trainable_only: bool = True) -> int:
@@ -188,6 +199,68 @@ class _LikelihoodHead(nn.Module):
         return next(self.parameters())
 
 
+class FullRankLift(nn.Module):
+    """A learned linear map ``u -> beta^T u + b`` from ``R^K`` to ``R^D`` (``K <= D``) of full column rank ``K`` for
+    every parameter value: :math:`\\beta^\\top = Q\\,\\mathrm{diag}(e^{s})`, ``Q`` (D, K) with orthonormal columns,
+    ``s`` (K,) log scales (initialised at 0), ``b`` (D,) an optional bias (initialised at 0). The singular values of
+    ``beta`` are exactly :math:`e^{s_k}`. ``Q`` is the orthonormal factor of the QR decomposition of an
+    unconstrained parameter ``V`` (D, K) (:func:`torch.linalg.qr`, signs fixed by ``diag R > 0`` so that ``Q`` is a
+    smooth function of ``V``), which has orthonormal columns for every ``V``; ``V`` starts as a random Gaussian
+    matrix, so ``Q`` starts as a uniformly random orthonormal frame. (Torch's orthogonal parametrization gives the
+    same set of matrices through ``K`` sequential Householder reflections, about 60 times slower per step here.)
+
+    The official code puts an unconstrained dense layer here, whose rank nothing guarantees (and whose SVD clip is a
+    no-op: the book's errata); this keeps its flexibility and the guarantee.
+
+    ``forward(u)``: ``(B, K) -> (B, D)``.
+
+    Raises:
+        ValueError: ``K > D`` or bad sizes.
+    """
+
+    def __init__(self, latent_dim: int, data_dim: int, bias: bool = False):
+        super().__init__()
+        K, D = check_int(latent_dim, "latent_dim"), check_int(data_dim, "data_dim")
+        if K > D:
+            raise ValueError(f"a map from R^{K} to R^{D} cannot have full column rank {K}: need K <= D")
+        self.latent_dim, self.data_dim = K, D
+        self.frame = nn.Parameter(torch.randn(D, K))
+        self.log_scale = nn.Parameter(torch.zeros(K))
+        self.bias = nn.Parameter(torch.zeros(D)) if bias else None
+
+    def orthonormal_frame(self) -> torch.Tensor:
+        """``Q``, shape ``(D, K)``, ``Q^T Q = I``: the QR factor of ``frame`` with ``diag R > 0``."""
+        q, r = torch.linalg.qr(self.frame)
+        return q * torch.where(torch.diagonal(r) < 0, -1.0, 1.0).to(q.dtype)
+
+    def matrix(self) -> torch.Tensor:
+        """``beta``, shape ``(K, D)`` (``beta^T = Q diag(exp s)``)."""
+        return (self.orthonormal_frame() * self.log_scale.exp()).T
+
+    def singular_values(self) -> torch.Tensor:
+        """The singular values of ``beta``, ``exp(s)`` sorted descending, shape ``(K,)``."""
+        return self.log_scale.exp().sort(descending=True).values
+
+    def forward(self, u: torch.Tensor) -> torch.Tensor:
+        out = (u * self.log_scale.exp()) @ self.orthonormal_frame().T
+        return out if self.bias is None else out + self.bias
+
+
+def _fixed_beta(beta, K: int, D: int) -> torch.Tensor:
+    """``eye(K, D)`` for ``"fixed"``, or a given ``(K, D)`` matrix checked for full row rank ``K``."""
+    if isinstance(beta, str):
+        return torch.eye(K, D)
+    b = torch.as_tensor(beta, dtype=torch.float64)
+    if tuple(b.shape) != (K, D) or not torch.isfinite(b).all():
+        raise ValueError(f"beta must be 'fixed', 'learned' or a finite (K, D) = ({K}, {D}) matrix, got shape "
+                         f"{tuple(b.shape)}")
+    sv = torch.linalg.svdvals(b)
+    if sv[-1] <= 1e-6 * sv[0]:
+        raise ValueError(f"beta has rank below K = {K} (smallest singular value {float(sv[-1]):.3g}): the decoder "
+                         f"would not be injective")
+    return b.float()
+
+
 class InjectiveDecoder(_LikelihoodHead):
     """LIDVAE decoder :math:`\\eta(z) = g_2(\\beta^\\top g_1(z))` (paper Definition 3, Eq. 7).
 
@@ -201,47 +274,78 @@ class InjectiveDecoder(_LikelihoodHead):
         learn_scale: Gaussian head only (see ``fixed_scale``).
         fixed_scale: Gaussian head only; a positive float, takes precedence over ``learn_scale``.
         negative_slope, activation, grad_mode: passed to :class:`~lidvae_mini.brenier.BrenierMap`.
+        beta: ``"fixed"`` (default; the paper's text: the buffer ``beta = eye(K, D)``, never trained), ``"learned"``
+            (:class:`FullRankLift`, full column rank by construction) or a fixed ``(K, D)`` matrix of rank ``K``
+            (a buffer).
+        beta_bias: with ``beta="learned"``, add a learned bias ``b`` (D,) after ``beta^T`` (it does not affect
+            injectivity).
+        g2_active_inputs: the ``active_inputs`` of :math:`g_2`'s ICNN (default ``D``): ``K`` initialises it for
+            inputs that span only ``K`` of its ``D`` dimensions, as :math:`\\beta^\\top g_1(z)` does (see
+            :mod:`lidvae_mini.icnn`).
 
-    ``beta`` (buffer, ``(K, D)``) is ``torch.eye(K, D)``. ``forward(z)``: ``(B, K) -> (B, D)``.
+    ``forward(z)``: ``(B, K) -> (B, D)``. :meth:`beta_matrix` gives the current ``beta`` (K, D),
+    :meth:`beta_singular_values` its singular values.
 
     Raises:
-        ValueError: ``K > D`` (no injective linear map), bad sizes or head; at call time, see
+        ValueError: ``K > D`` (no injective linear map), a given ``beta`` of rank below ``K`` or of the wrong shape,
+            an unknown ``beta`` name, ``beta_bias`` without a learned ``beta``, bad sizes or head; at call time, see
             ``log_prob``.
     """
 
     def __init__(self, latent_dim: int, data_dim: int, hidden1=(64, 64), hidden2=(256, 256),
                  head: str = "bernoulli", alpha: float = 0.1, learn_scale: bool = True, fixed_scale=None,
-                 negative_slope: float = 0.2, activation: str = "leaky_relu", grad_mode: str = "explicit"):
+                 negative_slope: float = 0.2, activation: str = "leaky_relu", grad_mode: str = "explicit",
+                 beta="fixed", beta_bias: bool = False, g2_active_inputs: int | None = None):
         super().__init__()
         K = check_int(latent_dim, "latent_dim")
         D = check_int(data_dim, "data_dim")
         if K > D:
             raise ValueError(f"latent_dim K = {K} must not exceed data_dim D = {D}: beta^T (D x K) needs full "
                              f"column rank K for the decoder to be injective")
+        if isinstance(beta, str):
+            check_choice(beta, "beta", BETAS)
+        if beta_bias and not (isinstance(beta, str) and beta == "learned"):
+            raise ValueError("beta_bias needs beta='learned'")
         self.latent_dim, self.data_dim = K, D
         kw = dict(alpha=alpha, negative_slope=negative_slope, activation=activation, grad_mode=grad_mode)
         self.g1 = BrenierMap(K, hidden1, **kw)
-        self.g2 = BrenierMap(D, hidden2, **kw)
-        self.register_buffer("beta", torch.eye(K, D))
+        self.g2 = BrenierMap(D, hidden2, active_inputs=g2_active_inputs, **kw)
+        if isinstance(beta, str) and beta == "learned":
+            self.beta_kind, self.lift = "learned", FullRankLift(K, D, bias=beta_bias)
+        else:
+            self.beta_kind, self.lift = "fixed", None
+            self.register_buffer("beta", _fixed_beta(beta, K, D))
         self._init_head(D, head, learn_scale, fixed_scale)
 
     @property
     def alpha(self) -> float:
         return self.g1.alpha
 
+    def beta_matrix(self) -> torch.Tensor:
+        """The current ``beta``, shape ``(K, D)``."""
+        return self.lift.matrix() if self.lift is not None else self.beta
+
+    def beta_singular_values(self) -> torch.Tensor:
+        """The singular values of ``beta``, descending, shape ``(K,)`` (all > 0: rank ``K``)."""
+        if self.lift is not None:
+            return self.lift.singular_values()
+        return torch.linalg.svdvals(self.beta)
+
     def forward(self, z: torch.Tensor) -> torch.Tensor:
         """Likelihood parameters :math:`\\eta(z) = g_2(\\beta^\\top g_1(z))`, shape ``(B, D)``."""
         self.check_latent(z)
-        return self.g2(self.g1(z) @ self.beta)
+        u = self.g1(z)
+        return self.g2(self.lift(u) if self.lift is not None else u @ self.beta)
 
     def injectivity_bound(self, z1: torch.Tensor, z2: torch.Tensor) -> torch.Tensor:
-        """Lower bound :math:`\\alpha_1\\alpha_2\\lVert z_1 - z_2\\rVert` on :math:`\\lVert\\eta(z_1)-\\eta(z_2)\\rVert`,
-        shape ``(B,)``.
+        """Lower bound :math:`\\alpha_1\\alpha_2\\,\\sigma_{\\min}(\\beta)\\lVert z_1 - z_2\\rVert` on
+        :math:`\\lVert\\eta(z_1)-\\eta(z_2)\\rVert`, shape ``(B,)``.
 
         Strong monotonicity gives :math:`\\lVert g(u)-g(v)\\rVert \\ge \\alpha\\lVert u-v\\rVert` for each map, and
-        :math:`\\beta^\\top` is an isometry (``eye(K, D)``).
+        :math:`\\lVert\\beta^\\top w\\rVert \\ge \\sigma_{\\min}(\\beta)\\lVert w\\rVert` (1 for ``eye(K, D)``; a bias
+        cancels in the difference).
         """
-        return self.g1.alpha * self.g2.alpha * (z1 - z2).norm(dim=-1)
+        return self.g1.alpha * self.g2.alpha * self.beta_singular_values()[-1] * (z1 - z2).norm(dim=-1)
 
 
 class MLPDecoder(_LikelihoodHead):

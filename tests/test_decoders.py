@@ -208,3 +208,97 @@ def test_state_dict_round_trip_through_bytes_buffer():
     buf.seek(0)
     state = torch.load(buf, weights_only=True)
     assert set(state) == set(dec.state_dict())
+
+
+# ------------------------------------------------------------------------- the beta family: fixed and learned
+def _pairs(K, n=2000, seed=1):
+    g = torch.Generator().manual_seed(seed)
+    z1 = torch.randn(n, K, generator=g)
+    close = z1[: n // 2] + 1e-3 * torch.randn(n // 2, K, generator=g)        # close pairs as well as random ones
+    z2 = torch.cat([close, torch.randn(n - n // 2, K, generator=g)])
+    return z1, z2
+
+
+@pytest.mark.parametrize("beta", ["fixed", "learned"])
+def test_the_injectivity_bound_with_sigma_min_holds_before_and_after_training(beta):
+    """||eta(z) - eta(z')|| >= alpha^2 sigma_min(beta) ||z - z'|| on random and close pairs, at initialisation and
+    after training that moves every parameter (beta's scales included); beta keeps rank K throughout."""
+    dec = _lid(K=3, D=7, head="gaussian", beta=beta, alpha=0.3)
+    x = torch.randn(256, 7, generator=torch.Generator().manual_seed(2)) * 3
+    opt = torch.optim.Adam(dec.parameters(), lr=5e-2)
+    for step in range(2):
+        z1, z2 = _pairs(3)
+        with torch.no_grad():
+            gap = (dec(z1) - dec(z2)).norm(dim=-1)
+            assert (gap >= dec.injectivity_bound(z1, z2) * (1 - 1e-4)).all()
+        sv = dec.beta_singular_values().detach()
+        assert sv.shape == (3,) and sv[-1] > 0 and torch.linalg.matrix_rank(dec.beta_matrix().detach()) == 3
+        if step == 0:
+            for _ in range(150):
+                opt.zero_grad()
+                (-dec.log_prob(x, torch.randn(256, 3)).mean()).backward()
+                opt.step()
+    if beta == "learned":
+        q = dec.lift.orthonormal_frame().detach()
+        torch.testing.assert_close(q.T @ q, torch.eye(3), atol=1e-5, rtol=0)       # orthonormal columns
+        assert not torch.allclose(dec.lift.log_scale.detach(), torch.zeros(3))      # the scales did move
+        torch.testing.assert_close(dec.beta_singular_values().detach(),
+                                   torch.linalg.svdvals(dec.beta_matrix().detach()), atol=1e-5, rtol=1e-5)
+
+
+def test_the_fixed_beta_reaches_the_first_k_coordinates_only():
+    """The paper's zero-one beta writes g_1(z) into coordinates 0..K-1 of g_2's input (for a flattened image, its
+    first K pixels); every other coordinate of beta^T g_1(z) is zero."""
+    dec = _lid(K=3, D=7)
+    with torch.no_grad():
+        lifted = dec.g1(torch.randn(5, 3)) @ dec.beta_matrix()
+    assert (lifted[:, 3:] == 0).all() and (lifted[:, :3] != 0).all()
+
+
+def test_a_learned_beta_has_a_bias_only_when_asked_and_round_trips():
+    plain, biased = _lid(beta="learned"), _lid(beta="learned", beta_bias=True)
+    assert plain.lift.bias is None and biased.lift.bias.shape == (7,)
+    buf = io.BytesIO()
+    torch.save(biased.state_dict(), buf)
+    buf.seek(0)
+    other = _lid(beta="learned", beta_bias=True, seed=5)
+    other.load_state_dict(torch.load(buf, weights_only=True))
+    z = torch.randn(4, 3)
+    with torch.no_grad():
+        torch.testing.assert_close(other(z), biased(z))
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    (dict(beta="dense"), "beta"),
+    (dict(beta=torch.tensor([[1.0, 0, 0, 0, 0, 0, 0], [2.0, 0, 0, 0, 0, 0, 0], [0, 0, 1.0, 0, 0, 0, 0]])),
+     "rank below K = 3"),
+    (dict(beta=torch.ones(3, 5)), r"\(K, D\) = \(3, 7\)"),
+    (dict(beta="fixed", beta_bias=True), "beta_bias needs beta='learned'"),
+    (dict(g2_active_inputs=8), "active_inputs must be at most dim = 7"),
+])
+def test_a_beta_that_could_lose_rank_and_other_bad_choices_are_refused(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        _lid(K=3, D=7, **kwargs)
+
+
+def test_a_given_full_rank_beta_is_a_fixed_buffer():
+    b = torch.zeros(2, 5)
+    b[0, 4], b[1, 2] = 1.0, -2.0
+    dec = _lid(K=2, D=5, beta=b)
+    assert "beta" in dict(dec.named_buffers()) and torch.equal(dec.beta, b)
+    torch.testing.assert_close(dec.beta_singular_values(), torch.tensor([2.0, 1.0]))
+
+
+def test_g2_initialised_for_its_active_inputs_starts_at_unit_scale():
+    """g_2 reads beta^T g_1(z): K of D coordinates carry signal. Initialised for D active inputs its first-layer
+    pre-activations start with standard deviation sqrt(K/D); for K (g2_active_inputs=K), about 1."""
+    K, D = 16, 784
+    u = torch.randn(4000, K, generator=torch.Generator().manual_seed(0))
+    stds = {}
+    for active in (None, K):
+        torch.manual_seed(0)
+        dec = InjectiveDecoder(K, D, hidden1=(8,), hidden2=(64,), g2_active_inputs=active)
+        with torch.no_grad():
+            pre = dec.g2.potential_net.A[0](u @ dec.beta_matrix())
+        stds[active] = float(pre.std())
+    assert abs(stds[None] / (K / D) ** 0.5 - 1) < 0.2 and abs(stds[K] - 1) < 0.2, stds
