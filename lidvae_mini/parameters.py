@@ -23,7 +23,8 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-__all__ = ["Spec", "SPECS", "RULES", "at_defaults", "check", "describe", "small_corner", "spec_from_defaults"]
+__all__ = ["Spec", "SPECS", "RULES", "NOT_SETTINGS", "at_defaults", "check", "describe", "small_corner",
+           "spec_from_defaults"]
 
 
 @dataclass(frozen=True)
