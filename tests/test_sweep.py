@@ -499,13 +499,14 @@ def test_a_ray_client_address_is_refused_with_the_supported_ways(tmp_path):
 JOBS_HEAD_IP = "127.0.0.4"
 
 
-def _wait_jobs_api(address: str, home: Path, timeout: float = 120) -> None:
-    """``ray start`` returns before the dashboard and the node's job agent serve jobs: submit a no-op job until one
-    succeeds (a first submission on a busy machine was seen to fail otherwise)."""
+def _wait_jobs_api(address: str, home: Path, timeout: float = 360) -> None:
+    """``ray start`` returns before the dashboard and the node's job agent serve jobs ("No available agent to submit
+    job"): submit a no-op job until one succeeds. On an idle 2-core machine that takes seconds; with the machine
+    loaded by other heavy processes the agent was seen to need more than two minutes, hence the long limit."""
     start, res = time.monotonic(), None
     while time.monotonic() - start < timeout:
         res = subprocess.run([_ray_cli(), "job", "submit", "--address", address, "--", "true"],
-                             env=_ray_node_env(home), capture_output=True, text=True, timeout=timeout)
+                             env=_ray_node_env(home), capture_output=True, text=True, timeout=120)
         if res.returncode == 0:
             return
         time.sleep(2)
