@@ -316,11 +316,23 @@ def _processes() -> dict[int, tuple[int, str]]:
     return out
 
 
+def _environ_names(pid: int, markers: list[str]) -> bool:
+    try:
+        env = Path(f"/proc/{pid}/environ").read_bytes()
+    except OSError:
+        return False
+    return any(f"HOME={m}".encode() in env for m in markers)
+
+
 def _cluster_pids(markers: list[str]) -> set[int]:
-    """The processes whose command line names one of ``markers`` (the cluster's temp folder or GCS address), and
-    all their descendants (Ray workers, notebook kernels)."""
+    """The processes whose command line names one of ``markers`` (the cluster's temp folder or GCS address) or whose
+    ``HOME`` is one of them (the node's own folder: every process ``ray start`` launches inherits it, including
+    those that rename themselves, such as ``ray::DashboardAgent``, and outlive their parent), and all their
+    descendants (Ray workers, notebook kernels)."""
     procs = _processes()
-    tree = {p for p, (_, cmd) in procs.items() if any(m in cmd for m in markers) and p != os.getpid()}
+    me = os.getpid()
+    tree = {p for p, (_, cmd) in procs.items()
+            if p != me and (any(m in cmd for m in markers) or _environ_names(p, markers))}
     grew = True
     while grew:
         new = {p for p, (pp, _) in procs.items() if pp in tree and p not in tree}
@@ -373,7 +385,7 @@ def cluster(tmp_path_factory):
     home = tmp_path_factory.mktemp("ray_home")
     port = _free_port()
     gcs = f"{HEAD_IP}:{port}"
-    markers = [str(temp), gcs]
+    markers = [str(temp), gcs, str(home)]
     try:
         _ray_start(["--head", f"--node-ip-address={HEAD_IP}", f"--port={port}", "--num-cpus=1", "--include-dashboard=false",
                     f"--object-store-memory={OBJECT_STORE}", "--disable-usage-stats", f"--temp-dir={temp}"], home)
@@ -499,10 +511,9 @@ def test_a_ray_client_address_is_refused_with_the_supported_ways(tmp_path):
 JOBS_HEAD_IP = "127.0.0.4"
 
 
-def _wait_jobs_api(address: str, home: Path, timeout: float = 360) -> None:
+def _wait_jobs_api(address: str, home: Path, timeout: float = 180) -> None:
     """``ray start`` returns before the dashboard and the node's job agent serve jobs ("No available agent to submit
-    job"): submit a no-op job until one succeeds. On an idle 2-core machine that takes seconds; with the machine
-    loaded by other heavy processes the agent was seen to need more than two minutes, hence the long limit."""
+    job"): submit a no-op job until one succeeds (seconds on an idle 2-core machine)."""
     start, res = time.monotonic(), None
     while time.monotonic() - start < timeout:
         res = subprocess.run([_ray_cli(), "job", "submit", "--address", address, "--", "true"],
@@ -519,10 +530,14 @@ def jobs_head(tmp_path_factory):
     """A one-node cluster (127.0.0.4, 1 CPU) with its dashboard, which serves the Ray Jobs API, on loopback."""
     temp = Path(tempfile.mkdtemp(prefix="rayj-"))
     home = tmp_path_factory.mktemp("ray_jobs_home")
-    port, dash = _free_port(), _free_port()
-    markers = [str(temp), f"{JOBS_HEAD_IP}:{port}"]
+    port, dash, agent, agent_grpc, env_agent, metrics = (_free_port() for _ in range(6))
+    markers = [str(temp), f"{JOBS_HEAD_IP}:{port}", str(home)]
     try:
+        # every port of its own: the job agent's default port (52365) can still be held by an agent of a cluster
+        # that an earlier test killed, and then this head never gets an agent ("No available agent to submit job")
         _ray_start(["--head", f"--node-ip-address={JOBS_HEAD_IP}", f"--port={port}", "--num-cpus=1",
+                    f"--dashboard-agent-listen-port={agent}", f"--dashboard-agent-grpc-port={agent_grpc}",
+                    f"--runtime-env-agent-port={env_agent}", f"--metrics-export-port={metrics}",
                     "--include-dashboard=true", f"--dashboard-host={JOBS_HEAD_IP}", f"--dashboard-port={dash}",
                     f"--object-store-memory={OBJECT_STORE}", "--disable-usage-stats", f"--temp-dir={temp}"], home)
         jobs = f"http://{JOBS_HEAD_IP}:{dash}"
