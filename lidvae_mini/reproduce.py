@@ -400,6 +400,13 @@ def run(chapter: str, overrides: dict | None = None, param_files: list[str] | No
 _MAX_SOCKET_DIR = 80
 
 
+#: Arguments of every chapter's kernel. Its own log stays off the console below CRITICAL: at shutdown
+#: jupyter_client interrupts the kernel before asking it to stop, and when the SIGINT lands while the kernel is
+#: handling a message, ipykernel logs "KeyboardInterrupt caught in kernel" at ERROR (a race, seen in 1 of 12 runs
+#: on a loaded machine). A cell's error still fails the run through papermill, with its traceback.
+KERNEL_ARGUMENTS = ["--IPKernelApp.log_level=CRITICAL"]
+
+
 def _kernel_config(folder: Path):
     """Kernel over IPC sockets in ``folder`` (POSIX): no TCP port, and no "running over TCP without encryption"
     warning from ipykernel on the console. ``None`` (papermill's default, TCP on localhost) elsewhere, or where
@@ -443,7 +450,8 @@ def _execute(pm, chapter, notebook, bdir, defaults, params, scale, changed, out_
             config = _kernel_config(Path(sockets))
             pm.execute_notebook(str(notebook), str(work / f"{chapter}.ipynb"), parameters=params,
                                 cwd=str(bdir), kernel_name="python3", log_output=True, progress_bar=False,
-                                execution_timeout=timeout, **({"config": config} if config is not None else {}))
+                                execution_timeout=timeout, extra_arguments=KERNEL_ARGUMENTS,
+                                **({"config": config} if config is not None else {}))
         if "out_dir" in defaults:
             metrics_path = work / METRICS_FILE
             if not metrics_path.exists():

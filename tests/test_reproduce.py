@@ -221,6 +221,23 @@ def test_damaged_data_file_is_reported_like_a_missing_one(tmp_path):
         reproduce.check_data("08_images", {**p, "datasets": ["omniglot"], "depths": [], "data_dir": str(tmp_path)})
 
 
+def test_the_kernels_own_log_stays_off_the_console(tmp_path):
+    """At shutdown jupyter_client interrupts the kernel first; when that SIGINT lands while the kernel handles a
+    message, ipykernel logs "KeyboardInterrupt caught in kernel." at ERROR (a race: it once failed the test below).
+    The kernel runs with its log at CRITICAL, so such a line, made here deterministically, never reaches the
+    console, while the run itself completes."""
+    book = tmp_path / "book"
+    book.mkdir()
+    noisy = TINY_CHAPTER.replace("from lidvae_mini.provenance import save_metrics", "from ipykernel.kernelapp import "
+                                 "IPKernelApp\nIPKernelApp.instance().kernel.log.error('KeyboardInterrupt caught in "
+                                 "kernel.')\nfrom lidvae_mini.provenance import save_metrics")
+    (book / "00_noisy.md").write_text(noisy)
+    nbformat.write(jupytext.read(book / "00_noisy.md"), book / "00_noisy.ipynb")
+    res = _cli("00_noisy", "--book", book, "--out", tmp_path / "run")
+    assert res.returncode == 0, res.stderr
+    assert "IPKernelApp" not in res.stderr and "KeyboardInterrupt" not in res.stderr, res.stderr
+
+
 def test_console_of_a_run_is_quiet(tiny_book, tmp_path):
     """The kernel runs over IPC sockets: ipykernel's "running over TCP without encryption" warning (and its
     shutdown noise) does not reach the console."""
