@@ -400,10 +400,10 @@ def run(chapter: str, overrides: dict | None = None, param_files: list[str] | No
 _MAX_SOCKET_DIR = 80
 
 
-#: Arguments of every chapter's kernel. Its own log stays off the console below CRITICAL: at shutdown
-#: jupyter_client interrupts the kernel before asking it to stop, and when the SIGINT lands while the kernel is
-#: handling a message, ipykernel logs "KeyboardInterrupt caught in kernel" at ERROR (a race, seen in 1 of 12 runs
-#: on a loaded machine). A cell's error still fails the run through papermill, with its traceback.
+#: The arguments every chapter's kernel starts with. Its own log stays off the console below CRITICAL, because at
+#: shutdown jupyter_client interrupts the kernel before asking it to stop, and when the SIGINT lands while the
+#: kernel is handling a message, ipykernel logs "KeyboardInterrupt caught in kernel" at ERROR (a race, seen in 1 of
+#: 12 runs on a loaded machine). A cell's error still fails the run through papermill, with its traceback.
 KERNEL_ARGUMENTS = ["--IPKernelApp.log_level=CRITICAL"]
 
 
