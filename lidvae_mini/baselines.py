@@ -1009,8 +1009,8 @@ def run_method(method: str, data: dict, *, depth: int = 1, epochs: int = 10, bat
         ``(metrics, history)``. ``metrics`` (nats per test datapoint): ``AU`` (fraction of active continuous
         dimensions), ``KL`` (the ELBO's total KL), ``MI`` (``I_q(x; (y, w))`` for mixtures, ``I_q(x; z)`` for the
         VAE: :func:`encoder_mutual_information`; never below 0, with ``MI_se`` its Monte Carlo standard error and
-        ``MI_estimate`` the raw estimate: :func:`lidvae_mini.metrics.mutual_information_report`), ``iwae_ll``, ``neg_elbo``, ``acc_hungarian``, ``acc_majority``
-        (``None`` for the VAE), ``chance``, and for mixtures ``AU_y``, ``KL_y``, ``KL_w``, ``MI_w``, ``MI_y``,
+        ``MI_estimate`` the raw estimate: :func:`lidvae_mini.metrics.mutual_information_report`), ``iwae_ll``,
+        ``neg_elbo``, ``acc_hungarian``, ``acc_majority`` (``None`` for the VAE), ``chance``, and for mixtures ``AU_y``, ``KL_y``, ``KL_w``, ``MI_w``, ``MI_y``,
         ``clusters_used``; plus ``seconds`` and
         ``best_epoch``. SA rows are evaluated with the SVI-refined posterior (:meth:`SAMixtureVAE.refined_view`).
 

@@ -123,7 +123,8 @@ class Diagnosis:
     datapoint); ``rec_drop`` (nats); ``kl`` (``KL_k``, nats per datapoint); ``au_variance`` (``Var_x E_q[z_k|x]``);
     booleans ``flat`` (sensitivity zero to floating-point precision: ``sqrt(mean_i |V_i|) <= 10 eps max(mean
     |log p(x|z)|, 1)`` over the points' ``V_i``, ``eps`` the machine epsilon of the model's dtype; Definition 2
-    exactly; the absolute value because the cluster row's per-point estimates can fall below 0), ``identifiable``, ``active``, ``used``;
+    exactly; the absolute value because the cluster row's per-point estimates can fall below 0), ``identifiable``,
+    ``active``, ``used``;
     ``verdict`` (strings of :data:`VERDICTS`); ``kl_se`` and ``au_variance_se`` (standard errors over the points);
     ``borderline`` (the verdict is withheld: a deciding statistic lies within its standard error of its
     threshold); ``thresholds``; ``kl_method`` (``"analytic"``, or ``"moment"``: the
@@ -156,7 +157,8 @@ class Diagnosis:
 
         return pd.DataFrame({"sensitivity": self.sensitivity, "sensitivity_se": self.sensitivity_se,
                              "rec_drop": self.rec_drop, "KL": self.kl, "KL_se": self.kl_se,
-                             "au_variance": self.au_variance, "au_variance_se": self.au_variance_se, "flat": self.flat, "identifiable": self.identifiable, "active": self.active,
+                             "au_variance": self.au_variance, "au_variance_se": self.au_variance_se,
+                             "flat": self.flat, "identifiable": self.identifiable, "active": self.active,
                              "used": self.used, "verdict": self.verdict},
                             index=pd.Index(self.names, name="latent"))
 

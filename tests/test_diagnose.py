@@ -474,7 +474,8 @@ def _indexed_model(means, var, d=3, loading=2.0):
     k = means.shape[1]
 
     def decoder(z):
-        mean = torch.cat([torch.zeros(z.shape[0], 1, dtype=z.dtype), loading * z.sum(-1, keepdim=True).expand(-1, d - 1)], 1)
+        signal = loading * z.sum(-1, keepdim=True).expand(-1, d - 1)
+        mean = torch.cat([torch.zeros(z.shape[0], 1, dtype=z.dtype), signal], 1)
         return torch.distributions.Independent(torch.distributions.Normal(mean, 1.0), 1)
 
     x = torch.cat([torch.arange(means.shape[0], dtype=torch.float64)[:, None],

@@ -387,7 +387,8 @@ def cluster(tmp_path_factory):
     gcs = f"{HEAD_IP}:{port}"
     markers = [str(temp), gcs, str(home)]
     try:
-        _ray_start(["--head", f"--node-ip-address={HEAD_IP}", f"--port={port}", "--num-cpus=1", "--include-dashboard=false",
+        _ray_start(["--head", f"--node-ip-address={HEAD_IP}", f"--port={port}", "--num-cpus=1",
+                    "--include-dashboard=false",
                     f"--object-store-memory={OBJECT_STORE}", "--disable-usage-stats", f"--temp-dir={temp}"], home)
         _start_worker_node(gcs, home)
         _wait_nodes(gcs, 2)
