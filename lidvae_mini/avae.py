@@ -407,13 +407,13 @@ def _encode_all(model: AVAE, x: torch.Tensor, batch: int = 1000) -> torch.Tensor
 
 
 @torch.no_grad()
-def _mean_rec(model: AVAE, x: torch.Tensor, batch: int = 1000) -> float:
+def _mean_scale_error(model: AVAE, x: torch.Tensor, batch: int = 1000) -> float:
     was = model.training
     model.eval()
-    rec = torch.cat([model.scale_error(x[i:i + batch], model.encode(x[i:i + batch]))
+    err = torch.cat([model.scale_error(x[i:i + batch], model.encode(x[i:i + batch]))
                      for i in range(0, len(x), batch)])
     model.train(was)
-    return float(rec.double().mean())
+    return float(err.double().mean())
 
 
 @torch.no_grad()
@@ -426,7 +426,8 @@ def evaluate_avae(model: AVAE, x: torch.Tensor, codes: torch.Tensor, batch: int 
     model.eval()
     z = torch.cat([model.encode(x[i:i + batch]) for i in range(0, len(x), batch)])
     rec = torch.cat([model.reconstruction_error(x[i:i + batch], z[i:i + batch]) for i in range(0, len(x), batch)])
-    err = torch.cat([model.scale_error(x[i:i + batch], z[i:i + batch]) for i in range(0, len(x), batch)])
+    err = rec if model.head != "gaussian" else torch.cat(     # the cross-entropy is rec itself: not computed twice
+        [model.scale_error(x[i:i + batch], z[i:i + batch]) for i in range(0, len(x), batch)])
     kl = kl_to_prior(z, codes, model.h)
     model.train(was)
     au = active_units(z)["count"] if len(z) > 1 else 0
@@ -532,7 +533,7 @@ def fit_avae(model: AVAE, train_x, valid_x, *, epochs: int = 10, batch_size: int
         if initial_scale is not None:
             scale = check_positive(initial_scale, "initial_scale")
         else:
-            scale = math.sqrt(max(_mean_rec(model, valid), 1e-12))
+            scale = math.sqrt(max(_mean_scale_error(model, valid), 1e-12))
 
     model.train()
     for epoch in range(start_epoch, epochs):

@@ -62,7 +62,7 @@ from torch import nn
 from ._checks import check_choice, check_int, check_positive
 from .encoders import LOG_2PI as LOG_2PI_
 from .encoders import LOGVAR_RANGE, ConditionalRealNVP, GaussianEncoder
-from .metrics import mutual_information_report
+from .metrics import mean_and_standard_error, mutual_information_report
 from .mixture import EXAMPLE1_GAMMA, MixtureVAE, coupling_context_parts, entropy_from_log_probs
 from .vae import VAE
 
@@ -565,9 +565,8 @@ def mixture_mutual_information(model, x, seed: int = 0, batch_size: int = 1000, 
     agg_joint -= math.log(N)
     marg = q.mean(0)
     mi_y = float(-torch.special.xlogy(marg, marg).sum() + torch.special.xlogy(q, q).sum(-1).mean())
-    t_joint, t_w, root_n = own_joint - agg_joint, own_w - agg_w, math.sqrt(N)
-    return {"MI": float(t_joint.mean()), "MI_w": float(t_w.mean()), "MI_y": max(mi_y, 0.0),
-            "MI_se": float(t_joint.std() / root_n), "MI_w_se": float(t_w.std() / root_n)}
+    (mi, mi_se), (mi_w, mi_w_se) = (mean_and_standard_error(t) for t in (own_joint - agg_joint, own_w - agg_w))
+    return {"MI": mi, "MI_w": mi_w, "MI_y": max(mi_y, 0.0), "MI_se": mi_se, "MI_w_se": mi_w_se}
 
 
 @torch.no_grad()
@@ -1010,9 +1009,8 @@ def run_method(method: str, data: dict, *, depth: int = 1, epochs: int = 10, bat
         dimensions), ``KL`` (the ELBO's total KL), ``MI`` (``I_q(x; (y, w))`` for mixtures, ``I_q(x; z)`` for the
         VAE: :func:`encoder_mutual_information`; never below 0, with ``MI_se`` its Monte Carlo standard error and
         ``MI_estimate`` the raw estimate: :func:`lidvae_mini.metrics.mutual_information_report`), ``iwae_ll``,
-        ``neg_elbo``, ``acc_hungarian``, ``acc_majority`` (``None`` for the VAE), ``chance``, and for mixtures ``AU_y``, ``KL_y``, ``KL_w``, ``MI_w``, ``MI_y``,
-        ``clusters_used``; plus ``seconds`` and
-        ``best_epoch``. SA rows are evaluated with the SVI-refined posterior (:meth:`SAMixtureVAE.refined_view`).
+        ``neg_elbo``, ``acc_hungarian``, ``acc_majority`` (``None`` for the VAE), ``chance``, and for mixtures
+        ``AU_y``, ``KL_y``, ``KL_w``, ``MI_w``, ``MI_y``, ``clusters_used``; plus ``seconds`` and ``best_epoch``. SA rows are evaluated with the SVI-refined posterior (:meth:`SAMixtureVAE.refined_view`).
 
     Raises:
         ValueError: unknown ``method``.

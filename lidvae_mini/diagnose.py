@@ -78,6 +78,7 @@ from torch import nn
 
 from ._checks import check_batch, check_choice, check_int, check_positive
 from .encoders import GaussianEncoder
+from .metrics import mean_and_standard_error
 
 #: Verdicts, in the order of the chapter's legend.
 VERDICTS = ("identifiable and used", "non-identifiable (model collapse)",
@@ -467,11 +468,6 @@ def _swap_eval(loglik, x, z, a, b, max_rows):
     return torch.cat(la), torch.cat(lb)
 
 
-def _mean_and_se(per_point: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Mean over points (axis 0) and its standard error ``std / sqrt(N)``."""
-    return per_point.mean(0), per_point.std(0, ddof=1) / math.sqrt(per_point.shape[0])
-
-
 def _verdicts(s, se, kl, kl_se, au, au_se, significant, th: Thresholds) -> tuple[list, np.ndarray]:
     """The verdict of each dimension, and whether it is borderline.
 
@@ -730,12 +726,12 @@ def diagnose(model, x, *, n_samples: int = 8, batch_size: int = 100, kl_threshol
         raise ValueError("the log-likelihood is not finite at some prior draws (a decoder that overflows?)")
     s, se = _sens_stats(v_pts)
     rec_drop = torch.cat(drop_pts).mean(0).numpy()
-    kl_k, kl_se = _mean_and_se(torch.cat(kl_pts).numpy())
+    kl_k, kl_se = mean_and_standard_error(torch.cat(kl_pts).numpy())
     centred = torch.cat(means).numpy()
     if mixture:   # the cluster row's AU statistic: the largest variance over clusters of q(y|x)
         probs = torch.cat(probs_all).numpy()
         centred = np.concatenate([centred, probs[:, [int(np.argmax(probs.var(0)))]]], 1)
-    au_var, au_se = _mean_and_se((centred - centred.mean(0)) ** 2 * N / (N - 1))
+    au_var, au_se = mean_and_standard_error((centred - centred.mean(0)) ** 2 * N / (N - 1))
     # flat: zero to floating-point precision, relative to the size of log p(x|z)
     eps = torch.finfo(like.dtype).eps
     # (on |V_i|: the cluster row's per-point estimates can be negative, and a negative mean is noise, not flatness)

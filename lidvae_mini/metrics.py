@@ -250,9 +250,16 @@ def mutual_information(mu, logvar, z_samples=None, seed=None, pool="all", entrop
         else:
             neg_h = torch.cat(own).reshape(-1, nb).mean(0)
         terms.append(neg_h - log_qz)
-    terms = torch.cat(terms)
-    mi = float(terms.mean())
-    return (mi, float(terms.std() / math.sqrt(n))) if return_se else mi
+    mi, se = mean_and_standard_error(torch.cat(terms))
+    return (mi, se) if return_se else mi
+
+
+def mean_and_standard_error(values) -> tuple:
+    """Mean over axis 0 of ``values`` (N, ...) and its Monte Carlo standard error ``std(ddof=1) / sqrt(N)``, as
+    float64 NumPy values (plain floats for a 1-D input). ``values``: a tensor or an array of per-point terms."""
+    v = np.asarray(values.detach().cpu() if isinstance(values, torch.Tensor) else values, dtype=np.float64)
+    mean, se = v.mean(0), v.std(0, ddof=1) / math.sqrt(v.shape[0])
+    return (float(mean), float(se)) if v.ndim == 1 else (mean, se)
 
 
 def mutual_information_report(estimate: float, se: float | None = None) -> dict:
@@ -295,8 +302,8 @@ def mutual_information_from_log_density(log_q, return_se: bool = False):
     n = m.shape[0]
     if m.shape[1] != n or n < 2:
         raise ValueError(f"log_q must be a square (N, N) matrix with N >= 2, got {tuple(m.shape)}")
-    terms = m.diagonal() - torch.logsumexp(m, dim=1) + math.log(n)
-    return (float(terms.mean()), float(terms.std() / math.sqrt(n))) if return_se else float(terms.mean())
+    mi, se = mean_and_standard_error(m.diagonal() - torch.logsumexp(m, dim=1) + math.log(n))
+    return (mi, se) if return_se else mi
 
 
 # --------------------------------------------------------------------------------------------------- IWAE

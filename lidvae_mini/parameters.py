@@ -369,11 +369,9 @@ def check(chapter: str, values: dict, *, coerce: bool = False, spec: dict | None
 
 def _corner_value(spec: Spec, default):
     if spec.kind == "int" and spec.low is not None and default is not None:
-        return max(int(spec.low), 0) if spec.low > -math.inf else default
+        return int(spec.low)
     if spec.kind == "list" and isinstance(default, (list, tuple)):
-        keep = list(default)[:max(spec.min_len, 0)]
-        keep += list(default)[len(keep):spec.min_len]
-        return [_corner_value(spec.item, v) for v in keep]
+        return [_corner_value(spec.item, v) for v in list(default)[:spec.min_len]]
     return default
 
 
@@ -415,14 +413,10 @@ def at_defaults(chapter: str, values: dict, book_dir=".") -> bool:
     """
     from pathlib import Path
 
-    from .reproduce import chapter_parameters
+    from .reproduce import _listify, chapter_parameters
 
     path = Path(book_dir) / f"{chapter}.ipynb"
     if not path.is_file():
         return False
     defaults = chapter_parameters(path)
-    return all(_as_list(values.get(k)) == _as_list(defaults.get(k)) for k in SPECS[chapter] if k not in NOT_SETTINGS)
-
-
-def _as_list(value):
-    return [_as_list(v) for v in value] if isinstance(value, (list, tuple)) else value
+    return all(_listify(values.get(k)) == _listify(defaults.get(k)) for k in SPECS[chapter] if k not in NOT_SETTINGS)
