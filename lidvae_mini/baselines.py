@@ -654,9 +654,16 @@ class _BestState:
             model.load_state_dict(self.state)
 
 
-def _fit_epochwise(model, train, valid, epochs: int, epoch_offset: int, best: _BestState, **fit_kwargs) -> dict:
+def _call_hook(hook, model, epoch: int) -> None:
+    if hook is not None:
+        hook(model, epoch)
+
+
+def _fit_epochwise(model, train, valid, epochs: int, epoch_offset: int, best: _BestState, *, before_epoch=None,
+                   after_epoch=None, **fit_kwargs) -> dict:
     """:func:`lidvae_mini.train.fit` one epoch at a time (resuming from a temporary checkpoint, which gives the
-    same parameters as one uninterrupted call), recording the best validation state after every epoch."""
+    same parameters as one uninterrupted call), recording the best validation state after every epoch and calling
+    ``before_epoch(model, epoch)`` / ``after_epoch(model, epoch)`` (epochs numbered from ``epoch_offset + 1``)."""
     import tempfile
 
     from .train import fit
@@ -665,8 +672,10 @@ def _fit_epochwise(model, train, valid, epochs: int, epoch_offset: int, best: _B
     hist = None
     with tempfile.TemporaryDirectory() as tmp:
         for e in range(1, epochs + 1):
+            _call_hook(before_epoch, model, epoch_offset + e)
             hist = fit(model, train, valid, epochs=e, checkpoint_dir=tmp, resume=True, **fit_kwargs)
             best.update(model, hist["valid_neg_elbo"][-1], epoch_offset + e)
+            _call_hook(after_epoch, model, epoch_offset + e)
     return hist
 
 
@@ -715,7 +724,8 @@ def _split_parameters(model, encoder_params=None):
 def fit_aggressive(model, train_x, valid_x, *, epochs: int = 10, batch_size: int = 100, lr: float = 1e-3, seed: int = 0,
                    binarize: str | None = None, grad_clip: float | None = 5.0, max_inner_steps: int = 100,
                    check_every: int = 15, mi_patience: int = 1, mi_fn=None, encoder_params=None, n_samples: int = 1,
-                   eval_batch_size: int = 1000, select_best: bool = False, progress: bool | None = None) -> dict:
+                   eval_batch_size: int = 1000, select_best: bool = False, progress: bool | None = None,
+                   before_epoch=None, after_epoch=None) -> dict:
     """Aggressive ("lagging encoder") training of He et al. (2019), then ordinary ELBO training.
 
     Aggressive phase, for each minibatch: :func:`encoder_inner_loop` (encoder-only Adam steps: the first on the
@@ -740,6 +750,8 @@ def fit_aggressive(model, train_x, valid_x, *, epochs: int = 10, batch_size: int
             decoder is the rest.
         select_best: at the end, restore the parameters of the epoch with the lowest validation negative ELBO
             (model selection on the validation split).
+        before_epoch, after_epoch: ``(model, epoch) -> None`` called around every epoch of both phases (epochs
+            numbered from 1), e.g. to record a trace; the standard phase needs ``select_best`` for them.
 
     Returns:
         history: every key of :data:`lidvae_mini.train.HISTORY_KEYS` plus :data:`AGGRESSIVE_KEYS` (``aggressive``:
@@ -817,6 +829,7 @@ def fit_aggressive(model, train_x, valid_x, *, epochs: int = 10, batch_size: int
         for epoch in range(1, epochs + 1):
             if not aggressive:
                 break
+            _call_hook(before_epoch, model, epoch)
             t0 = time.perf_counter()
             model.train()
             perm = torch.randperm(n, generator=data_rng)
@@ -855,11 +868,15 @@ def fit_aggressive(model, train_x, valid_x, *, epochs: int = 10, batch_size: int
             for k in history:
                 history[k].append(row[k])
             done = epoch
+            _call_hook(after_epoch, model, epoch)
     if done < epochs:
         kw = dict(batch_size=batch_size, lr=lr, seed=seed + 1, binarize=binarize, grad_clip=grad_clip,
                   n_samples=n_samples, eval_batch_size=eval_batch_size)
         if select_best:
-            rest = _fit_epochwise(model, train, valid, epochs - done, done, best, **kw)
+            rest = _fit_epochwise(model, train, valid, epochs - done, done, best, before_epoch=before_epoch,
+                                  after_epoch=after_epoch, **kw)
+        elif before_epoch is not None or after_epoch is not None:
+            raise ValueError("epoch hooks in the standard phase of aggressive training need select_best=True")
         else:
             rest = T.fit(model, train, valid, epochs=epochs - done, progress=progress, **kw)
         for i in range(len(rest["epoch"])):
@@ -877,24 +894,30 @@ def fit_aggressive(model, train_x, valid_x, *, epochs: int = 10, batch_size: int
 
 
 # ------------------------------------------------------------------------------------------------ dispatch
-def fit_baseline(trainer: str, model, train_x, valid_x=None, *, select_best: bool = False, **kwargs) -> dict:
+def fit_baseline(trainer: str, model, train_x, valid_x=None, *, select_best: bool = False, before_epoch=None,
+                 after_epoch=None, **kwargs) -> dict:
     """Train ``model`` with one of :data:`TRAINERS`: ``"elbo"`` (:func:`lidvae_mini.train.fit`), ``"sa_vae"`` (the
     same loop on a model from :func:`semi_amortized`) or ``"aggressive"`` (:func:`fit_aggressive`).
 
     With ``select_best`` (needs ``valid_x``) the parameters of the epoch with the lowest validation negative ELBO
     are restored at the end (``fit`` then runs one epoch at a time from a temporary checkpoint, which gives the
     same updates as one call) and the history gets a ``selected`` key (True at that epoch). ``kwargs`` go to the
-    trainer (``epochs``, ``batch_size``, ``lr``, ``seed``, ``binarize``, ...).
+    trainer (``epochs``, ``batch_size``, ``lr``, ``seed``, ``binarize``, ...). ``before_epoch`` and
+    ``after_epoch``, ``(model, epoch) -> None``, are called around every epoch (numbered from 1); they need
+    ``select_best``.
 
     Raises:
-        ValueError: unknown ``trainer``; ``select_best`` without ``valid_x``. TypeError: ``"sa_vae"`` with a model
+        ValueError: unknown ``trainer``; ``select_best`` without ``valid_x``; epoch hooks without ``select_best``. TypeError: ``"sa_vae"`` with a model
             whose loss is not the SA-VAE's.
     """
     from .train import fit
 
     check_choice(trainer, "trainer", TRAINERS)
+    hooks = dict(before_epoch=before_epoch, after_epoch=after_epoch)
+    if not select_best and (before_epoch is not None or after_epoch is not None):
+        raise ValueError("before_epoch/after_epoch need select_best=True (training then runs one epoch at a time)")
     if trainer == "aggressive":
-        return fit_aggressive(model, train_x, valid_x, select_best=select_best, **kwargs)
+        return fit_aggressive(model, train_x, valid_x, select_best=select_best, **hooks, **kwargs)
     if trainer == "sa_vae" and not isinstance(model, (SAVAE, SAMixtureVAE)):
         raise TypeError(f"trainer 'sa_vae' needs a model from semi_amortized(model), got {type(model).__name__}")
     if not select_best:
@@ -904,7 +927,7 @@ def fit_baseline(trainer: str, model, train_x, valid_x=None, *, select_best: boo
     epochs = check_int(kwargs.pop("epochs", 10), "epochs", minimum=0)
     kwargs.pop("progress", None)
     best = _BestState()
-    hist = _fit_epochwise(model, train_x, valid_x, epochs, 0, best, **kwargs)
+    hist = _fit_epochwise(model, train_x, valid_x, epochs, 0, best, **hooks, **kwargs)
     if hist is None:
         from .train import HISTORY_KEYS
         hist = {k: [] for k in HISTORY_KEYS}
@@ -915,45 +938,51 @@ def fit_baseline(trainer: str, model, train_x, valid_x=None, *, select_best: boo
 
 
 # ---------------------------------------------------------------------------------- image experiments (ch. 08)
-#: The rows of the images chapter (paper Tables 1-2) and of its 2 x 2 ablation, name -> (model kind, trainer,
-#: prior ``p(w|y)``). The baselines are GMVAE variants with learned cluster priors, as in the official code; the
-#: ``"lidgmvae"`` row is the paper's Example 1 (fixed zero-one ``beta_1``, needs ``num_clusters <= latent_dim``) and
-#: ``"lidgmvae_learned"`` its learned-prior variant (the ``"lidgmvae"`` of the book's results committed before
-#: Example 1 became the default). ``"gmvae_example1"`` (MLP decoder, Example 1's prior) completes the ablation
-#: {learned, Example 1} x {MLP, injective decoder}. ``"vae"`` is the single-latent VAE (no prior over clusters).
+#: The rows of the images chapter (paper Tables 1-2) and of its ablation, name -> (model kind, trainer, prior
+#: ``p(w|y)``, ``beta`` of the injective decoder). The baselines are GMVAE variants with learned cluster priors, as in
+#: the official code; the ``"lidgmvae"`` row is the paper's Example 1 (fixed zero-one ``beta_1``, needs
+#: ``num_clusters <= latent_dim``) and ``"lidgmvae_learned"`` its learned-prior variant (the ``"lidgmvae"`` of the
+#: book's results committed before Example 1 became the default). Both have the paper's fixed zero-one ``beta``;
+#: the ``"_lbeta"`` rows have a learned ``beta`` of full column rank instead
+#: (:class:`~lidvae_mini.decoders.FullRankLift`, the official code's dense layer with its rank guaranteed).
+#: ``"gmvae_example1"`` (MLP decoder, Example 1's prior) completes the ablation {learned, Example 1} x {MLP, fixed
+#: beta, learned beta}. ``"vae"`` is the single-latent VAE (no prior over clusters).
 IMAGE_METHODS = {
-    "vae": ("vae", "elbo", None),                        # single latent z ~ N(0, I), MLP decoder
-    "beta_vae": ("beta_gmvae", "elbo", "learned"),       # β-GMVAE, β = 0.2 on KL_y + KL_w
-    "sa_vae": ("gmvae", "sa_vae", "learned"),            # SA-GMVAE: q(w|x, y) refined by SVI, q(y|x) amortised
-    "lagging_vae": ("gmvae", "aggressive", "learned"),   # GMVAE with He et al.'s aggressive encoder training
-    "gmvae": ("gmvae", "elbo", "learned"),               # the paper's "VAE" row of Table 2
-    "lidgmvae": ("lidgmvae", "elbo", "example1"),        # injective decoder (Definition 3), Example 1's prior
-    "lidgmvae_learned": ("lidgmvae", "elbo", "learned"),  # injective decoder, learned cluster priors
-    "gmvae_example1": ("gmvae", "elbo", "example1"),     # MLP decoder, Example 1's prior (ablation)
+    "vae": ("vae", "elbo", None, None),                        # single latent z ~ N(0, I), MLP decoder
+    "beta_vae": ("beta_gmvae", "elbo", "learned", None),       # β-GMVAE, β = 0.2 on KL_y + KL_w
+    "sa_vae": ("gmvae", "sa_vae", "learned", None),            # SA-GMVAE: q(w|x, y) refined by SVI, q(y|x) amortised
+    "lagging_vae": ("gmvae", "aggressive", "learned", None),   # GMVAE with He et al.'s aggressive encoder training
+    "gmvae": ("gmvae", "elbo", "learned", None),               # the paper's "VAE" row of Table 2
+    "lidgmvae": ("lidgmvae", "elbo", "example1", "fixed"),     # injective decoder (Definition 3), Example 1's prior
+    "lidgmvae_learned": ("lidgmvae", "elbo", "learned", "fixed"),  # injective decoder, learned cluster priors
+    "lidgmvae_lbeta": ("lidgmvae", "elbo", "example1", "learned"),   # Example 1, learned full-rank beta
+    "lidgmvae_learned_lbeta": ("lidgmvae", "elbo", "learned", "learned"),  # learned priors, learned beta
+    "gmvae_example1": ("gmvae", "elbo", "example1", None),     # MLP decoder, Example 1's prior (ablation)
 }
 #: Encoders of ``q(w|x, y)`` (``q(z|x)`` for the VAE row): the supplement's two-layer RealNVP, or a Gaussian.
 IMAGE_ENCODERS = ("realnvp", "gaussian")
 
 
 def method_spec(method: str, encoder: str = "realnvp") -> dict:
-    """What one row of :data:`IMAGE_METHODS` is: ``{"kind", "trainer", "prior", "encoder", "decoder"}``.
+    """What one row of :data:`IMAGE_METHODS` is: ``{"kind", "trainer", "prior", "encoder", "decoder", "beta"}``.
 
     ``encoder`` is the requested family; SA-VAE's SVI refinement needs a Gaussian ``q(w|x, y)``, so ``"sa_vae"``
-    always gets ``"gaussian"``. ``decoder`` is ``"injective"`` (Brenier maps) or ``"mlp"``.
+    always gets ``"gaussian"``. ``decoder`` is ``"injective"`` (Brenier maps) or ``"mlp"``; ``beta`` is the injective
+    decoder's ``"fixed"`` or ``"learned"`` lift (:class:`~lidvae_mini.decoders.InjectiveDecoder`), None for an MLP.
 
     Raises:
         ValueError: unknown ``method`` or ``encoder``.
     """
     check_choice(method, "method", tuple(IMAGE_METHODS))
     check_choice(encoder, "encoder", IMAGE_ENCODERS)
-    kind, trainer, prior = IMAGE_METHODS[method]
+    kind, trainer, prior, beta = IMAGE_METHODS[method]
     return {"kind": kind, "trainer": trainer, "prior": prior, "encoder": "gaussian" if trainer == "sa_vae" else encoder,
-            "decoder": "injective" if kind == "lidgmvae" else "mlp"}
+            "decoder": "injective" if kind == "lidgmvae" else "mlp", "beta": beta}
 
 
 def build_method(method: str, data_dim: int, latent_dim: int, num_clusters: int, depth: int = 1,
                  head: str = "bernoulli", *, hidden=(128,), icnn_width: int = 32, alpha: float = 0.1,
-                 svi_steps: int = 20, encoder: str = "realnvp", seed: int = 0):
+                 svi_steps: int = 20, encoder: str = "realnvp", seed: int = 0, decoder_kwargs: dict | None = None):
     """The model of one row of :data:`IMAGE_METHODS`, initialised with ``seed``.
 
     Mixture rows: :func:`lidvae_mini.mixture.build_mixture_vae` with the row's prior (:func:`method_spec`) and
@@ -963,10 +992,13 @@ def build_method(method: str, data_dim: int, latent_dim: int, num_clusters: int,
     ``"vae"``: a single-latent VAE (:func:`lidvae_mini.vae.build_vae`, the same ``encoder`` family) whose MLP
     decoder has the GMVAE decoder's hidden sizes. For the same ``seed`` every row starts from the same ``q(y|x)``
     and ``q(w|x, y)`` weights (same encoder family), and rows with the same decoder from the same decoder weights.
+    The MLP decoders are matched to the fixed-``beta`` injective decoder (a learned ``beta`` adds its K x D lift).
+    ``decoder_kwargs`` go to the injective decoder (:class:`~lidvae_mini.decoders.InjectiveDecoder`, e.g.
+    ``g2_active_inputs``) of an injective row, over the row's ``beta``.
 
     Raises:
-        ValueError: unknown ``method`` or ``encoder``; ``num_clusters > latent_dim`` for a row with Example 1's prior
-            (and the builders' other errors).
+        ValueError: unknown ``method`` or ``encoder``; ``num_clusters > latent_dim`` for a row with Example 1's prior;
+            ``decoder_kwargs`` for a row with an MLP decoder (and the builders' other errors).
     """
     import warnings
 
@@ -975,8 +1007,12 @@ def build_method(method: str, data_dim: int, latent_dim: int, num_clusters: int,
 
     spec = method_spec(method, encoder)
     kind = spec["kind"]
+    if decoder_kwargs and spec["decoder"] != "injective":
+        raise ValueError(f"decoder_kwargs are for an injective decoder; row {method!r} has an MLP decoder")
     kw = dict(encoder=spec["encoder"], encoder_hidden=hidden, cluster_hidden=hidden, icnn_width=icnn_width,
               alpha=alpha, seed=seed, prior=spec["prior"] or "learned")
+    if spec["decoder"] == "injective":
+        kw["decoder_kwargs"] = {"beta": spec["beta"], **dict(decoder_kwargs or {})}
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message="no MLP decoder")   # recorded in model.size_match instead
         gm = build_mixture_vae("gmvae" if kind == "vae" else kind, data_dim, latent_dim, num_clusters, head, depth,
@@ -991,7 +1027,8 @@ def run_method(method: str, data: dict, *, depth: int = 1, epochs: int = 10, bat
                lr: float = 1e-3, latent_dim: int = 8, num_clusters: int = 10, iwae_samples: int = 100,
                seed: int = 0, device="cpu", hidden=(128,), icnn_width: int = 32, alpha: float = 0.1,
                svi_steps: int = 20, max_inner_steps: int = 100, check_every: int = 15,
-               encoder: str = "realnvp") -> tuple[dict, dict]:
+               encoder: str = "realnvp", decoder_kwargs: dict | None = None, trainer: str | None = None,
+               before_epoch=None, after_epoch=None) -> tuple[dict, dict]:
     """Build, train (model selection on the validation split) and evaluate one row of the images chapter.
 
     Args:
@@ -1000,7 +1037,11 @@ def run_method(method: str, data: dict, *, depth: int = 1, epochs: int = 10, bat
             binarised by the trainer), validation and test images already binarised once (fixed seeds).
         depth, latent_dim, num_clusters, hidden, icnn_width, alpha, svi_steps, encoder: the model
             (:func:`build_method`; ``encoder`` is the family of ``q(w|x, y)``, Gaussian for SA-VAE whatever it says).
+        decoder_kwargs: extra arguments of an injective row's decoder (:func:`build_method`).
         epochs, batch_size, lr, seed: training (Adam); ``max_inner_steps``, ``check_every``: aggressive training.
+        trainer: a key of :data:`TRAINERS` in place of the row's own (None), e.g. ``"aggressive"`` for a row
+            trained by ELBO.
+        before_epoch, after_epoch: ``(model, epoch) -> None`` around every training epoch (:func:`fit_baseline`).
         iwae_samples: importance samples per datapoint (per cluster for mixtures) of the test log-likelihood.
         device: torch device.
 
@@ -1027,11 +1068,15 @@ def run_method(method: str, data: dict, *, depth: int = 1, epochs: int = 10, bat
     x_test, y_test = data["test"]
     model = build_method(method, x_train.shape[1], latent_dim, num_clusters, depth, hidden=hidden,
                          icnn_width=icnn_width, alpha=alpha, svi_steps=svi_steps, encoder=encoder,
-                         seed=seed).to(device)
-    trainer = spec["trainer"]
+                         seed=seed, decoder_kwargs=decoder_kwargs).to(device)
+    trainer = spec["trainer"] if trainer is None else check_choice(trainer, "trainer", TRAINERS)
+    if (trainer == "sa_vae") != (spec["trainer"] == "sa_vae"):
+        raise ValueError(f"trainer 'sa_vae' needs the SA-VAE row's model and that row needs it; got {trainer!r} "
+                         f"for {method!r}")
     extra = dict(max_inner_steps=max_inner_steps, check_every=check_every) if trainer == "aggressive" else {}
     hist = fit_baseline(trainer, model, x_train, x_valid, select_best=True, epochs=epochs, batch_size=batch_size,
-                        lr=lr, seed=seed, binarize="dynamic", **extra)
+                        lr=lr, seed=seed, binarize="dynamic", before_epoch=before_epoch, after_epoch=after_epoch,
+                        **extra)
     ev_model = model.refined_view(seed=seed, batch_size=batch_size) if trainer == "sa_vae" else model
     like = next(model.parameters())
     xt = torch.as_tensor(np.asarray(x_test), dtype=like.dtype)

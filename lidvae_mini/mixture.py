@@ -189,6 +189,7 @@ class MixtureVAE(DecoderFacts, nn.Module):
         self.encoder = encoder
         self.decoder = decoder
         self.beta = check_positive(beta, "beta")
+        self.kl_y_weight = 1.0     # the training loss's weight on KL_y; 1 is the ELBO (see set_kl_y_weight)
         self.prior = check_choice(prior, "prior", PRIORS)
         like = next(decoder.parameters())
         if self.prior == "example1":
@@ -339,9 +340,25 @@ class MixtureVAE(DecoderFacts, nn.Module):
         return self.elbo_parts(x, n_samples)["elbo"]
 
     def loss(self, x: torch.Tensor, n_samples: int = 1) -> tuple[torch.Tensor, dict]:
-        """Training objective: batch mean of ``-(rec - beta (KL_y + KL_w))`` (a scalar), and :meth:`elbo_parts`."""
+        """Training objective: batch mean of ``-(rec - beta (lambda KL_y + KL_w))`` (a scalar), and
+        :meth:`elbo_parts`; ``lambda`` is :attr:`kl_y_weight` (1 unless a warm-up schedule set it)."""
         parts = self.elbo_parts(x, n_samples)
-        return -(parts["rec"] - self.beta * parts["kl"]).mean(), parts
+        kl = parts["kl"] if self.kl_y_weight == 1.0 else self.kl_y_weight * parts["kl_y"] + parts["kl_w"]
+        return -(parts["rec"] - self.beta * kl).mean(), parts
+
+    def set_kl_y_weight(self, weight: float) -> None:
+        """Set ``lambda``, the weight of ``KL_y = KL(q(y|x) || Cat(1/C))`` in :meth:`loss`, for a warm-up schedule
+        (:func:`lidvae_mini.remedies.kl_y_warmup_weight`). The model and its ELBO (:meth:`elbo`, every metric)
+        do not change; only the training objective does. Source: KL warm-up, Bowman et al. (2016) and
+        Sønderby et al. (2016), here on the cluster term alone.
+
+        Raises:
+            ValueError: ``weight`` negative or not finite.
+        """
+        weight = float(weight)
+        if not math.isfinite(weight) or weight < 0:
+            raise ValueError(f"kl_y weight must be a finite number >= 0, got {weight!r}")
+        self.kl_y_weight = weight
 
     def kl_parts(self, x: torch.Tensor, n_samples: int = 16) -> dict:
         """``{"kl_y": (B,), "kl_w": (B,)}``: ``KL(q(y|x) || Cat(1/C))`` (exact) and

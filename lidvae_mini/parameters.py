@@ -94,8 +94,11 @@ IMAGE_DATASETS = ("mnist", "fashion_mnist", "omniglot")
 #: The rows of the images chapter (:data:`lidvae_mini.baselines.IMAGE_METHODS`; repeated here so that this module
 #: imports nothing heavy; tests/test_parameters.py checks they agree).
 IMAGE_METHODS = ("vae", "beta_vae", "sa_vae", "lagging_vae", "gmvae", "lidgmvae", "lidgmvae_learned",
-                 "gmvae_example1")
+                 "lidgmvae_lbeta", "lidgmvae_learned_lbeta", "gmvae_example1")
 IMAGE_ENCODERS = ("realnvp", "gaussian")
+#: The remedies of the Example-1 LIDGMVAE's cluster collapse (:data:`lidvae_mini.remedies.REMEDIES`; repeated here,
+#: checked by tests/test_parameters.py).
+REMEDIES = ("none", "decoder_init", "kl_y_warmup", "aggressive", "learned_beta")
 MNIST_PIXELS = 784
 
 #: ``{chapter: {parameter name: Spec}}``, every chapter's parameter types and ranges (the one source the CLI and
@@ -137,7 +140,8 @@ SPECS: dict[str, dict[str, Spec]] = {
                       sweep_dataset=Choice(*IMAGE_DATASETS), sweep_methods=List(Choice(*IMAGE_METHODS), 1),
                       depths=List(COUNT), ablation_dataset=Choice(*IMAGE_DATASETS),
                       ablation_cells=List(Choice(*IMAGE_METHODS)), ablation_seeds=List(SEED, 1, none=True),
-                      seed=SEED, seeds=List(SEED, 1, none=True), data_dir=FOLDER, device=DEVICE, out_dir=FOLDER),
+                      remedies=List(Choice(*REMEDIES)), remedy_seeds=List(SEED, 1, none=True),
+                      warmup_epochs=COUNT, seed=SEED, seeds=List(SEED, 1, none=True), data_dir=FOLDER, device=DEVICE, out_dir=FOLDER),
     "09_text": dict(synth_n_train=Asserted(2000), synth_n_valid=Asserted(300), synth_n_test=Asserted(500),
                     synth_epochs=Asserted(8),
                     latent_dim=COUNT, embed_dim=COUNT, enc_hidden=COUNT, dec_hidden=COUNT, icnn_hidden=TWO_WIDTHS,
@@ -165,7 +169,8 @@ SPECS: dict[str, dict[str, Spec]] = {
 
 def _example1_rows(p: dict) -> set:
     rows = set(p["methods"] if p["datasets"] else ()) | set(p["sweep_methods"] if p["depths"] else ())
-    return (rows | set(p["ablation_cells"])) & {"lidgmvae", "gmvae_example1"}
+    rows |= {"lidgmvae"} if p["remedies"] else set()           # every remedy is applied to the Example-1 LIDGMVAE
+    return (rows | set(p["ablation_cells"])) & {"lidgmvae", "lidgmvae_lbeta", "gmvae_example1"}
 
 
 #: Rules that tie parameters of one chapter together, as ``(names, holds(values) -> bool, what is expected)``.
@@ -182,7 +187,11 @@ RULES: dict[str, list[tuple[tuple[str, ...], object, str]]] = {
                  "kde_size < n_train (the AVAE holds its KDE codes out of the training images)")],
     "08_images": [(("num_clusters", "latent_dim"), lambda p: not _example1_rows(p) or p["num_clusters"]
                    <= p["latent_dim"], "num_clusters <= latent_dim for the rows with Example 1's prior "
-                   "(lidgmvae, gmvae_example1: the paper's Example 1 needs K >= C)")],
+                   "(lidgmvae, lidgmvae_lbeta, gmvae_example1 and every remedy: the paper's Example 1 needs "
+                   "K >= C)"),
+                  (("warmup_epochs", "epochs", "remedies"), lambda p: "kl_y_warmup" not in p["remedies"]
+                   or p["warmup_epochs"] < p["epochs"], "warmup_epochs < epochs when the remedies include "
+                   "'kl_y_warmup' (the warm-up must end before training does)")],
 }
 
 

@@ -348,7 +348,8 @@ def test_image_rows_use_realnvp_except_sa_vae_and_name_their_prior():
             assert model.prior == spec["prior"], m
     assert method_spec("lidgmvae")["prior"] == "example1" and method_spec("lidgmvae_learned")["prior"] == "learned"
     assert method_spec("gmvae_example1") == {"kind": "gmvae", "trainer": "elbo", "prior": "example1",
-                                             "encoder": "realnvp", "decoder": "mlp"}
+                                             "encoder": "realnvp", "decoder": "mlp", "beta": None}
+    assert method_spec("lidgmvae")["beta"] == "fixed" and method_spec("lidgmvae_learned_lbeta")["beta"] == "learned"
     assert all(method_spec(m, "gaussian")["encoder"] == "gaussian" for m in IMAGE_METHODS)
     with pytest.raises(ValueError, match="num_clusters = 10 > latent_dim = 8"):
         build_method("lidgmvae", D, 8, 10)

@@ -52,7 +52,9 @@ def test_the_cell_after_the_parameters_cell_checks_them(chapter):
 def test_image_names_agree_with_the_package():
     from lidvae_mini.baselines import IMAGE_ENCODERS, IMAGE_METHODS
     from lidvae_mini.data import DATASETS
+    from lidvae_mini.remedies import REMEDIES
 
+    assert parameters.REMEDIES == tuple(REMEDIES)
     assert set(parameters.IMAGE_METHODS) == set(IMAGE_METHODS)
     assert set(parameters.IMAGE_ENCODERS) == set(IMAGE_ENCODERS)
     assert set(parameters.IMAGE_DATASETS) <= set(DATASETS)
