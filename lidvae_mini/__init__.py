@@ -17,6 +17,7 @@ Variable Non-identifiability", NeurIPS 2021). One concept per module:
 ``train``              one ELBO training loop: checkpoint/resume, NaN guard, evaluation
 ``mixture``            GMVAE and LIDGMVAE (paper Example 1), ELBO with the cluster summed exactly
 ``text``               sequential VAE and LIDSVAE (paper Example 2) for text, its training loop and metrics
+``remedies``           why the Example-1 LIDGMVAE's cluster dies, and the remedies tried on it
 ``baselines``          SA-VAE (Kim et al. 2018) and aggressive/lagging training (He et al. 2019)
 ``avae``               the aggregate VAE (Saha et al.): deterministic encoder, KDE aggregate posterior, bandwidth
 ``metrics``            AU, KL, MI, importance-weighted log-likelihood, cluster accuracy

@@ -262,6 +262,26 @@ def mean_and_standard_error(values) -> tuple:
     return (float(mean), float(se)) if v.ndim == 1 else (mean, se)
 
 
+def learning_curve_flat(curve, window: int = 5, tol: float = 1.0) -> bool:
+    """Whether a learning curve had flattened: its last value moved by less than ``tol`` from the value ``window``
+    epochs before (``curve[-window-1] - curve[-1] < tol``, the per-epoch validation negative ELBO in nats per
+    datapoint, lower is better). A curve of ``window`` epochs or fewer cannot show it: False.
+
+    The book's budget rule (issue 18): a comparison is at a budget that can answer when the VAE's curve is flat by
+    this test on every seed; otherwise the text says that it had not flattened.
+
+    Raises:
+        ValueError: a non-finite value, ``window < 1`` or ``tol <= 0``.
+    """
+    window = int(window)
+    if window < 1 or not tol > 0:
+        raise ValueError(f"window must be >= 1 and tol > 0, got window={window}, tol={tol}")
+    c = np.asarray(curve, dtype=np.float64)
+    if not np.isfinite(c).all():
+        raise ValueError("the learning curve has non-finite values")
+    return bool(c.size > window and c[-window - 1] - c[-1] < tol)
+
+
 def mutual_information_report(estimate: float, se: float | None = None) -> dict:
     """A mutual-information estimate as a table reports it: never as negative information.
 

@@ -100,3 +100,27 @@ def use_style() -> None:
     import matplotlib as mpl
 
     mpl.rcParams.update(STYLE)
+
+
+def plot_learning_curves(curves: dict, ax=None, ylabel: str = "validation −ELBO (nats)"):
+    """Mean over seeds (line) and every seed (faint) of per-epoch learning curves, one colour per name.
+
+    ``curves``: ``{name: [curve per seed]}``, each curve a list of per-epoch values (epochs from 1). Returns the
+    axes.
+    """
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    if ax is None:
+        _, ax = plt.subplots(figsize=figsize(1, 1, row_height=3.0))
+    for i, (name, runs) in enumerate(curves.items()):
+        runs = [np.asarray(c, dtype=float) for c in runs]
+        n = min(len(c) for c in runs)
+        epochs = np.arange(1, n + 1)
+        for c in runs:
+            ax.plot(epochs, c[:n], color=f"C{i}", alpha=0.25, lw=0.8)
+        ax.plot(epochs, np.mean([c[:n] for c in runs], axis=0), color=f"C{i}", lw=1.6, label=name)
+    ax.set_xlabel("epoch")
+    ax.set_ylabel(ylabel)
+    ax.legend(fontsize="small")
+    return ax

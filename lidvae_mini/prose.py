@@ -110,3 +110,24 @@ def result_tag(result) -> str:
     commits = env.get("commits") or [(env.get("git") or {}).get("commit") or "unknown"]
     return (f"results/{result.path.parent.name}/{result.path.name}, {result.scale} scale, "
             f"commit {', '.join(c[:7] for c in commits)}")
+
+
+def budget_sentence(name: str, curves, window: int = 5, tol: float = 1.0) -> str:
+    """Whether the reference model's learning curves had flattened (:func:`lidvae_mini.metrics.learning_curve_flat`
+    on every seed), as a sentence: the book's rule for a budget that can answer a comparison.
+
+    ``curves``: the per-epoch validation negative ELBO (nats) of each seed of ``name``.
+    """
+    from .metrics import learning_curve_flat
+
+    curves = [list(c) for c in curves]
+    flat = [learning_curve_flat(c, window, tol) for c in curves]
+    moved = [c[-window - 1] - c[-1] for c in curves if len(c) > window]
+    how = f"it moved by {span(moved, 2)} nats over the last {window} epochs" if moved else \
+        f"its runs are too short to show it ({window} epochs or fewer)"
+    if all(flat):
+        return f"{name}'s learning curve had flattened on every seed: {how}, under the rule's {fmt(tol, 1)} nat."
+    where = "on its one seed" if len(flat) == 1 else f"on {count_of(flat.count(False), len(flat))} seeds"
+    return (f"{name}'s learning curve had **not** flattened {where}: {how}, and the rule asks for less than "
+            f"{fmt(tol, 1)} nat. This "
+            "budget says how quickly each model learns, not where it ends.")

@@ -313,3 +313,28 @@ def test_mi_standard_error_and_report():
         mutual_information_report(float("nan"))
     with pytest.raises(ValueError, match=">= 0"):
         mutual_information_report(0.1, -1.0)
+
+
+def test_learning_curve_flat():
+    from lidvae_mini.metrics import learning_curve_flat
+
+    assert learning_curve_flat([200, 150, 110, 109.6, 109.5, 109.2, 109.1, 109.05], window=5, tol=1.0)
+    assert not learning_curve_flat([200, 150, 120, 110, 108, 106, 104, 103], window=5, tol=1.0)
+    assert not learning_curve_flat([110, 109.9, 109.8], window=5, tol=1.0)       # too short to show it
+    assert learning_curve_flat([100, 100.4, 99.5], window=2, tol=1.0)             # 100 - 99.5 < 1
+    assert not learning_curve_flat([100, 100.4, 99.0], window=2, tol=1.0)         # exactly 1: not flat
+    with pytest.raises(ValueError, match="non-finite"):
+        learning_curve_flat([1.0, float("nan"), 2.0, 3.0])
+    with pytest.raises(ValueError, match="window"):
+        learning_curve_flat([1.0, 2.0], window=0)
+
+
+def test_budget_sentence_follows_the_rule():
+    from lidvae_mini.prose import budget_sentence
+
+    flat = [200, 150, 110, 109.6, 109.5, 109.2, 109.1, 109.05]
+    moving = [200, 150, 120, 110, 108, 106, 104, 103]
+    assert "had flattened on every seed" in budget_sentence("The VAE", [flat, flat])
+    text = budget_sentence("The VAE", [flat, moving])
+    assert "had **not** flattened on one of two seeds" in text and "0.95 to 17.00 nats" in text
+    assert "too short" in budget_sentence("The VAE", [[3.0, 2.0]])
