@@ -289,16 +289,17 @@ def remedy_findings(per_seed: dict) -> list:
     rule = remedy_verdicts(runs)
     n = len(runs["none"])
     none = per_seed["none"]
+    seeds = "its one seed" if n == 1 else f"{count_of(n, n)} seeds"
     out = [f"**Without a remedy** the largest share of $q(y)$ on the test images is "
-           f"{span(none['largest_share'], 3)} and $I_q(x; y)$ {span(none['MI_y'], 3)} nats over "
-           f"{count_of(n, n)} seed{'s' if n > 1 else ''}; `diagnose` calls $y$: "
-           f"{listing(dict.fromkeys(none.get('cluster_verdict', ['(not run)'])))}."]
+           f"{span(none['largest_share'], 3)} and $I_q(x; y)$ {span(none['MI_y'], 3)} nats over {seeds}; "
+           f"`diagnose` calls $y$: {listing(dict.fromkeys(none.get('cluster_verdict', ['(not run)'])))}."]
     keep = [r for r in runs if r != "none" and rule[r]["keeps_y_active"]]
     for r in (r for r in runs if r != "none"):
         v = rule[r]
+        up = sum(g > 0 for g in v["mi_gain_by_seed"])
+        where = ("positive" if up else "not positive") if n == 1 else f"positive on {count_of(up, n)} seeds"
         out.append(f"`{r}`: $I_q(x; y)$ {span(per_seed[r]['MI_y'], 3)} nats (same-seed gain over `none` "
-                   f"{fmt(v['mi_gain'], 3)}, positive on {count_of(sum(g > 0 for g in v['mi_gain_by_seed']), n)} "
-                   f"seeds), largest share up to {fmt(v['max_share'], 3)}, test log-likelihood "
+                   f"{fmt(v['mi_gain'], 3)}, {where}), largest share up to {fmt(v['max_share'], 3)}, test log-likelihood "
                    f"{fmt(float(np.mean(per_seed[r]['iwae_ll'])), 1)} against {fmt(float(np.mean(none['iwae_ll'])), 1)}"
                    f" nats: **{'keeps' if v['keeps_y_active'] else 'does not keep'} $y$ active**.")
     out.append(f"**By the decision rule, {listing(f'`{r}`' for r in keep)} keep{'s' if len(keep) == 1 else ''} $y$ "
