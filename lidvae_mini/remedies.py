@@ -22,7 +22,7 @@ import torch
 from ._checks import check_choice, check_int
 
 __all__ = ["REMEDIES", "MI_Y_ACTIVE", "MAX_SHARE", "MI_Y_GAIN", "cluster_usage", "likelihood_spread",
-           "kl_y_warmup_weight", "ClusterTrace", "remedy_settings", "run_remedy", "remedy_verdicts",
+           "kl_y_warmup_weight", "ClusterTrace", "remedy_settings", "run_remedy", "remedy_verdicts", "collapse_timing",
            "remedies_table", "plot_remedy_traces", "remedy_findings"]
 
 #: The remedies, each applied alone to the Example-1 LIDGMVAE (row ``"lidgmvae"`` of the images chapter), name ->
@@ -276,9 +276,23 @@ def plot_remedy_traces(curves: dict, axes=None):
     return axes
 
 
-def remedy_findings(per_seed: dict) -> list:
+def collapse_timing(traces: list, share: float = 0.9) -> dict:
+    """When the cluster variable died, from :class:`ClusterTrace` rows of several seeds: ``{"epoch": [first epoch
+    whose largest share of q(y) exceeds ``share``, or None, per seed], "spread_then": [likelihood spread at that
+    epoch (nats)], "spread_max": [the largest spread of the run (nats)]}``."""
+    out = {"epoch": [], "spread_then": [], "spread_max": []}
+    for t in traces:
+        e = next((i for i, v in enumerate(t["largest_share"]) if v > share), None)
+        out["epoch"].append(None if e is None else t["epoch"][e])
+        out["spread_then"].append(None if e is None else t["likelihood_spread"][e])
+        out["spread_max"].append(max(t["likelihood_spread"]))
+    return out
+
+
+def remedy_findings(per_seed: dict, curves: dict | None = None) -> list:
     """Markdown sentences on the remedies, every number taken from ``per_seed`` (``{remedy: {metric: [value per
-    seed]}}``, with ``"none"``): which remedies keep ``y`` active by the decision rule, and by how much.
+    seed]}}``, with ``"none"``): which remedies keep ``y`` active by the decision rule, and by how much; with
+    ``curves`` (``{remedy: [{"trace": ...} per seed]}``) also when ``"none"``'s ``y`` died (:func:`collapse_timing`).
 
     Raises:
         ValueError: no ``"none"`` runs.
@@ -293,6 +307,16 @@ def remedy_findings(per_seed: dict) -> list:
     out = [f"**Without a remedy** the largest share of $q(y)$ on the test images is "
            f"{span(none['largest_share'], 3)} and $I_q(x; y)$ {span(none['MI_y'], 3)} nats over {seeds}; "
            f"`diagnose` calls $y$: {listing(dict.fromkeys(none.get('cluster_verdict', ['(not run)'])))}."]
+    if curves and "none" in curves:
+        t = collapse_timing([c["trace"] for c in curves["none"]])
+        died = [i for i, e in enumerate(t["epoch"]) if e is not None]
+        if died:
+            out.append(f"**When it dies**: without a remedy the largest share passes 0.9 by epoch "
+                       f"{span([t['epoch'][i] for i in died], 0)} on {count_of(len(died), n)} seeds, when the "
+                       f"likelihood spread is {span([t['spread_then'][i] for i in died], 1)} nats; the spread later "
+                       f"reaches {span([t['spread_max'][i] for i in died], 1)} nats, and $q(y \\mid x)$ does not "
+                       "come back even then: once a cluster holds every image, the other clusters' branches of "
+                       "$q(w \\mid x, y)$ get no weight in the ELBO and stop improving.")
     keep = [r for r in runs if r != "none" and rule[r]["keeps_y_active"]]
     for r in (r for r in runs if r != "none"):
         v = rule[r]

@@ -234,3 +234,9 @@ def test_the_trace_figure_draws_one_line_per_seed_and_remedy():
     assert [len(ax.lines) for ax in axes] == [3, 3, 3]
     assert axes[2].get_yscale() == "log" and min(axes[2].lines[0].get_ydata()) == 1e-3   # 0 drawn at the floor
     plt.close("all")
+
+
+def test_collapse_timing():
+    t1 = {"epoch": [0, 1, 2, 3], "largest_share": [0.1, 0.5, 0.95, 1.0], "likelihood_spread": [0.0, 1.0, 2.0, 9.0]}
+    t2 = {"epoch": [0, 1, 2, 3], "largest_share": [0.1, 0.2, 0.2, 0.3], "likelihood_spread": [0.0, 1.0, 2.0, 3.0]}
+    assert R.collapse_timing([t1, t2]) == {"epoch": [2, None], "spread_then": [2.0, None], "spread_max": [9.0, 3.0]}
