@@ -72,7 +72,8 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from ._checks import as_float_array, check_choice, check_int, check_positive, hidden_sizes
-from .decoders import InjectiveDecoder, MLPDecoder, bernoulli_kl_from_logits, count_parameters, matched_mlp_hidden
+from .decoders import (InjectiveDecoder, MLPDecoder, bernoulli_kl_from_logits, book_decoder, count_parameters,
+                       decoder_variant, matched_mlp_hidden)
 from .encoders import mlp, standard_normal_log_prob
 from .metrics import active_units
 from .train import NonFiniteLossError, _as_tensor, _atomic_save, load_checkpoint
@@ -372,22 +373,27 @@ class AVAE(DecoderFacts, nn.Module):
 
 def build_avae(kind: str, data_dim: int, latent_dim: int, h: float, head: str = "bernoulli", *,
                encoder_hidden=(256,), hidden1=(64, 64), hidden2=(128, 128), alpha: float = 0.1,
-               mlp_layers: int = 2, mlp_hidden=None, seed: int | None = None) -> AVAE:
+               mlp_layers: int = 2, mlp_hidden=None, seed: int | None = None, decoder: str | None = None) -> AVAE:
     """An AVAE (``kind="avae"``, size-matched :class:`~lidvae_mini.decoders.MLPDecoder`) or a LID-AVAE
-    (``kind="lid_avae"``, the LIDVAE's :class:`~lidvae_mini.decoders.InjectiveDecoder`), with the same sizes and
-    the same matching rule as :func:`lidvae_mini.vae.build_vae` (so an AVAE and a VAE built with the same arguments
-    have decoders of the same size). ``seed`` initialises the parameters under a forked RNG (encoder first).
+    (``kind="lid_avae"``, the LIDVAE's :class:`~lidvae_mini.decoders.InjectiveDecoder` in the construction
+    ``decoder``, default :func:`~lidvae_mini.decoders.book_decoder`), with the same sizes and the same matching rule
+    as :func:`lidvae_mini.vae.build_vae` (so an AVAE and a VAE built with the same arguments have decoders of the
+    same size). ``seed`` initialises the parameters under a forked RNG (encoder first).
 
     Raises:
-        ValueError: unknown kind or head, bad sizes, ``h`` not in (0, 1).
+        ValueError: unknown kind, head or ``decoder``, ``decoder`` for ``"avae"``, bad sizes, ``h`` not in (0, 1).
     """
     check_choice(kind, "AVAE kind", KINDS)
     check_choice(head, "head", SUPPORTED_HEADS)
+    if decoder is not None and kind != "lid_avae":
+        raise ValueError(f"decoder={decoder!r} chooses the LID-AVAE's construction; kind {kind!r} has an MLP decoder")
+    name = book_decoder(latent_dim, data_dim) if decoder is None else decoder
+    variant = decoder_variant(name, latent_dim) if kind == "lid_avae" else {}
     with torch.random.fork_rng(devices=[]):
         if seed is not None:
             torch.manual_seed(check_int(seed, "seed", minimum=0))
         enc = DeterministicEncoder(data_dim, latent_dim, encoder_hidden)
-        injective = InjectiveDecoder(latent_dim, data_dim, hidden1, hidden2, head=head, alpha=alpha)
+        injective = InjectiveDecoder(latent_dim, data_dim, hidden1, hidden2, head=head, alpha=alpha, **variant)
         if kind == "lid_avae":
             return AVAE(enc, injective, h)
         if mlp_hidden is None:

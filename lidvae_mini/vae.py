@@ -23,7 +23,8 @@ import torch
 from torch import nn
 
 from ._checks import check_choice, check_data, check_int, check_positive
-from .decoders import InjectiveDecoder, MLPDecoder, count_parameters, matched_mlp_hidden
+from .decoders import (InjectiveDecoder, MLPDecoder, book_decoder, count_parameters, decoder_variant,
+                       matched_mlp_hidden)
 from .encoders import MEAN_SAMPLES, make_encoder, standard_normal_log_prob
 
 KINDS = ("vae", "lidvae", "beta_vae")
@@ -238,13 +239,16 @@ def build_vae(kind: str, data_dim: int, latent_dim: int, head: str = "bernoulli"
               encoder_hidden=(256,), hidden1=(64, 64), hidden2=(128, 128), alpha: float = 0.1,
               mlp_layers: int = 2, mlp_hidden=None, beta: float | None = None, learn_scale: bool = True,
               fixed_scale=None, seed: int | None = None, encoder_kwargs: dict | None = None,
-              decoder_kwargs: dict | None = None, mlp_kwargs: dict | None = None) -> VAE:
+              decoder_kwargs: dict | None = None, mlp_kwargs: dict | None = None, decoder: str | None = None) -> VAE:
     """Build one of the chapter's models, with decoders of matched size.
 
-    ``"lidvae"``: :class:`LIDVAE` with ``InjectiveDecoder(latent_dim, data_dim, hidden1, hidden2, head, alpha)``;
-    ``"vae"`` and ``"beta_vae"``: :class:`VAE` with an :class:`~lidvae_mini.decoders.MLPDecoder` of ``mlp_layers``
-    equal hidden layers whose width is chosen (:func:`~lidvae_mini.decoders.matched_mlp_hidden`) so that its
-    parameter count is within 10% of that injective decoder's (unless ``mlp_hidden`` is given).
+    ``"lidvae"``: :class:`LIDVAE` with ``InjectiveDecoder(latent_dim, data_dim, hidden1, hidden2, head, alpha)`` in the
+    construction ``decoder`` (:data:`~lidvae_mini.decoders.DECODER_VARIANTS`; default the book's,
+    :func:`~lidvae_mini.decoders.book_decoder`: for K < D a learned full-rank beta with g_2 initialised for K inputs,
+    for K = D the paper's ``"fixed"`` zero-one beta, then the identity); ``"vae"`` and ``"beta_vae"``: :class:`VAE` with an
+    :class:`~lidvae_mini.decoders.MLPDecoder` of ``mlp_layers`` equal hidden layers whose width is chosen
+    (:func:`~lidvae_mini.decoders.matched_mlp_hidden`) so that its parameter count is within 10% of the paper's
+    injective decoder of these sizes (unless ``mlp_hidden`` is given; a learned beta adds its K x D weights).
 
     Args:
         kind: ``"vae"``, ``"lidvae"`` or ``"beta_vae"``.
@@ -260,11 +264,14 @@ def build_vae(kind: str, data_dim: int, latent_dim: int, head: str = "bernoulli"
         seed: if given, parameters are initialised under ``torch.manual_seed(seed)`` (caller's RNG untouched);
             the encoder is built first, so the same seed gives the three kinds the same encoder.
         encoder_kwargs: extra arguments of the encoder class (e.g. ``activation``, ``n_layers``).
-        decoder_kwargs: extra arguments of :class:`~lidvae_mini.decoders.InjectiveDecoder` (e.g. ``grad_mode``).
+        decoder_kwargs: extra arguments of :class:`~lidvae_mini.decoders.InjectiveDecoder` (e.g. ``grad_mode``), over
+            those of ``decoder``; for the VAE kinds they shape the size reference.
         mlp_kwargs: extra arguments of :class:`~lidvae_mini.decoders.MLPDecoder` (e.g. ``activation``).
+        decoder: the LIDVAE's construction (see above); None is the book's default. Only for ``"lidvae"``.
 
     Raises:
-        ValueError: unknown ``kind``/``encoder``/``head``, K > D for an LIDVAE, no MLP within 10%.
+        ValueError: unknown ``kind``/``encoder``/``head``/``decoder``, ``decoder`` for a VAE kind, K > D for an
+            LIDVAE, no MLP within 10%.
     """
     check_choice(kind, "model kind", KINDS)
     check_choice(encoder, "encoder", ("gaussian", "realnvp"))
@@ -275,7 +282,12 @@ def build_vae(kind: str, data_dim: int, latent_dim: int, head: str = "bernoulli"
         beta = PAPER_BETA if kind == "beta_vae" else 1.0
     beta = check_positive(beta, "beta")
     enc_kw = dict(encoder_kwargs or {})
+    if decoder is not None and kind != "lidvae":
+        raise ValueError(f"decoder={decoder!r} chooses the LIDVAE's construction; kind {kind!r} has an MLP decoder")
     dec_kw = dict(decoder_kwargs or {})
+    if kind == "lidvae":
+        name = book_decoder(latent_dim, data_dim) if decoder is None else decoder
+        dec_kw = {**decoder_variant(name, latent_dim), **dec_kw}
     mlp_kw = dict(mlp_kwargs or {})
     head_kw = dict(head=head, learn_scale=learn_scale, fixed_scale=fixed_scale)
     with torch.random.fork_rng(devices=[]):

@@ -91,13 +91,43 @@ def test_one_class_parameterised_by_decoder():
                                                       (2, 2, "gaussian", (16, 16), (32, 32)),
                                                       (50, 5, "gaussian", (8,), (16, 16, 16))])
 def test_build_vae_matches_decoder_sizes(D, K, head, hidden1, hidden2):
+    """The MLP decoders match the paper's injective decoder (fixed beta) to 10%; the book's default LIDVAE decoder
+    (a learned beta when K < D) has exactly the lift's D x K frame and K scales more."""
     counts = {}
     for kind in ("vae", "lidvae", "beta_vae"):
         m = build_vae(kind, D, K, head, encoder_hidden=(16,), hidden1=hidden1, hidden2=hidden2, seed=0)
         counts[kind] = count_parameters(m.decoder)
         assert m.identifiable == (kind == "lidvae")
-    assert abs(counts["vae"] - counts["lidvae"]) <= 0.1 * counts["lidvae"]
+    paper = build_vae("lidvae", D, K, head, encoder_hidden=(16,), hidden1=hidden1, hidden2=hidden2, seed=0,
+                      decoder="fixed")
+    n_paper = count_parameters(paper.decoder)
+    assert abs(counts["vae"] - n_paper) <= 0.1 * n_paper
+    assert counts["lidvae"] - n_paper == (0 if K == D else D * K + K)
     assert counts["vae"] == counts["beta_vae"]
+
+
+def test_the_book_default_decoder_and_the_papers():
+    """K < D: the book's learned full-rank beta with g_2 initialised for K inputs; K = D: the paper's identity beta;
+    every variant by name, and clear errors."""
+    from lidvae_mini.decoders import BOOK_DECODER, DECODER_VARIANTS, book_decoder, decoder_variant
+
+    assert book_decoder(16, 784) == BOOK_DECODER == "learned_init" and book_decoder(2, 2) == "fixed"
+    m = build_vae("lidvae", 784, 16, seed=0)
+    assert m.decoder.beta_kind == "learned" and m.decoder.g2.potential_net.active_inputs == 16
+    assert torch.linalg.matrix_rank(m.decoder.beta_matrix().detach()) == 16
+    p = build_vae("lidvae", 784, 16, seed=0, decoder="fixed")
+    assert p.decoder.beta_kind == "fixed" and p.decoder.g2.potential_net.active_inputs == 784
+    assert build_vae("lidvae", 2, 2, "gaussian", seed=0).decoder.beta_kind == "fixed"
+    assert {v: decoder_variant(v, 4) for v in DECODER_VARIANTS} == {
+        "fixed": {"beta": "fixed"}, "learned": {"beta": "learned"},
+        "learned_init": {"beta": "learned", "g2_active_inputs": 4}}
+    # the VAE's matched MLP does not depend on the LIDVAE's construction: identical weights with or without it
+    v = build_vae("vae", 784, 16, seed=0)
+    assert v.decoder.hidden == build_vae("vae", 784, 16, seed=0).decoder.hidden
+    with pytest.raises(ValueError, match="decoder variant"):
+        build_vae("lidvae", 784, 16, decoder="dense")
+    with pytest.raises(ValueError, match="MLP decoder"):
+        build_vae("vae", 784, 16, decoder="fixed")
 
 
 def test_build_vae_seed_gives_same_encoder_to_every_kind():
