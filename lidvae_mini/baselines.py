@@ -907,7 +907,8 @@ def fit_baseline(trainer: str, model, train_x, valid_x=None, *, select_best: boo
     ``select_best``.
 
     Raises:
-        ValueError: unknown ``trainer``; ``select_best`` without ``valid_x``; epoch hooks without ``select_best``. TypeError: ``"sa_vae"`` with a model
+        ValueError: unknown ``trainer``; ``select_best`` without ``valid_x``; epoch hooks without
+            ``select_best``. TypeError: ``"sa_vae"`` with a model
             whose loss is not the SA-VAE's.
     """
     from .train import fit

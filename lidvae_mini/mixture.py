@@ -341,7 +341,8 @@ class MixtureVAE(DecoderFacts, nn.Module):
 
     def loss(self, x: torch.Tensor, n_samples: int = 1) -> tuple[torch.Tensor, dict]:
         """Training objective: batch mean of ``-(rec - beta (lambda KL_y + KL_w))`` (a scalar), and
-        :meth:`elbo_parts`; ``lambda`` is :attr:`kl_y_weight` (1 unless a warm-up schedule set it)."""
+        :meth:`elbo_parts`; ``lambda`` is the attribute ``kl_y_weight`` (1 unless :meth:`set_kl_y_weight` changed
+        it)."""
         parts = self.elbo_parts(x, n_samples)
         kl = parts["kl"] if self.kl_y_weight == 1.0 else self.kl_y_weight * parts["kl_y"] + parts["kl_w"]
         return -(parts["rec"] - self.beta * kl).mean(), parts

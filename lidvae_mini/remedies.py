@@ -34,11 +34,15 @@ REMEDIES = {
     "aggressive": "lagging-encoder (aggressive) training of q(y|x) and q(w|x, y) (He et al. 2019)",
     "learned_beta": "a learned beta of full column rank in place of the fixed zero-one one",
 }
-#: The decision rule's thresholds (nats, a share of the data, nats), fixed before the runs: a remedy keeps y
-#: active when on every seed its test ``MI_y`` is at least :data:`MI_Y_ACTIVE` and no cluster holds more than
-#: :data:`MAX_SHARE` of the aggregate ``q(y)``, and its paired (same-seed) gain in ``MI_y`` over ``"none"`` is
-#: positive on every seed with a mean of at least :data:`MI_Y_GAIN` (the images chapter's resolution).
-MI_Y_ACTIVE, MAX_SHARE, MI_Y_GAIN = 0.1, 0.5, 0.05
+# The decision rule, fixed before the runs: a remedy keeps y active when on every seed its test MI_y is at least
+# MI_Y_ACTIVE and no cluster holds more than MAX_SHARE of the aggregate q(y), and its paired (same-seed) gain in MI_y
+# over "none" is positive on every seed with a mean of at least MI_Y_GAIN (the images chapter's resolution).
+#: The smallest test ``I_q(x; y)`` (nats) on every seed for a remedy to keep y active (:func:`remedy_verdicts`).
+MI_Y_ACTIVE = 0.1
+#: The largest share of the aggregate ``q(y)`` one cluster may hold on any seed (:func:`remedy_verdicts`).
+MAX_SHARE = 0.5
+#: The smallest mean same-seed gain in ``I_q(x; y)`` over ``"none"`` (nats), positive on every seed.
+MI_Y_GAIN = 0.05
 
 
 def _cluster_probs(model, x: torch.Tensor, batch_size: int = 1000) -> torch.Tensor:
@@ -101,7 +105,7 @@ class ClusterTrace:
     """:func:`cluster_usage` and :func:`likelihood_spread` on fixed images before training and after every epoch.
 
     Use :meth:`start` before training and the instance itself as an ``after_epoch`` hook
-    (:func:`lidvae_mini.baselines.run_method`). :attr:`rows` is a dict of lists: ``epoch`` (0 = initialisation),
+    (:func:`lidvae_mini.baselines.run_method`). ``rows`` is a dict of lists: ``epoch`` (0 = initialisation),
     ``largest_share``, ``MI_y``, ``entropy_y`` and ``likelihood_spread``.
     """
 
@@ -156,7 +160,7 @@ def run_remedy(remedy: str, data: dict, *, latent_dim: int, warmup_epochs: int =
     Returns:
         ``(metrics, history)``: ``run_method``'s test metrics plus ``largest_share`` (of the aggregate ``q(y)`` on
         the test images), ``cluster_verdict`` and ``cluster_sensitivity`` (nats) of ``diagnose``; the history
-        plus ``trace`` (:attr:`ClusterTrace.rows` on the validation images, epoch 0 = initialisation).
+        plus ``trace`` (the ``rows`` of a :class:`ClusterTrace` on the validation images, epoch 0 = initialisation).
 
     Raises:
         ValueError: unknown ``remedy`` (before any compute), and ``run_method``'s errors.
