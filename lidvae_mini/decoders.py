@@ -47,13 +47,15 @@ from ._checks import check_batch, hidden_sizes
 HEADS = ("bernoulli", "gaussian", "categorical")
 #: The variants of the LIDVAE's linear map ``beta`` (:class:`InjectiveDecoder`).
 BETAS = ("fixed", "learned")
-#: Named injective-decoder constructions (:func:`decoder_variant`): ``"fixed"``, the paper's text (zero-one beta, g_2's
-#: ICNN initialised for D inputs); ``"learned"``, a learned full-rank beta; ``"learned_init"``, the same with g_2's
-#: ICNN initialised for the K inputs that carry signal (:class:`~lidvae_mini.icnn.ICNN`'s ``active_inputs``).
+#: Named injective-decoder constructions (see :func:`decoder_variant`), namely ``"fixed"``, the paper's text (zero-one
+#: beta, g_2's ICNN initialised for D inputs); ``"learned"``, a learned full-rank beta; and ``"learned_init"``, the
+#: same with g_2's ICNN initialised for the K inputs that carry signal (:class:`~lidvae_mini.icnn.ICNN`'s
+#: ``active_inputs``).
 DECODER_VARIANTS = ("fixed", "learned", "learned_init")
-#: The book's default construction of the single-latent LIDVAE's decoder when K < D (:func:`book_decoder`;
-#: :func:`lidvae_mini.vae.build_vae`, :func:`lidvae_mini.avae.build_avae`): on MNIST (results/06_lidvae/cpu_decoders,
-#: three seeds, 3,000 steps) it fitted best of the three on every seed, and it keeps the injectivity guarantee. The
+#: The book's default construction of the single-latent LIDVAE's decoder when K < D (see :func:`book_decoder`,
+#: used by :func:`lidvae_mini.vae.build_vae` and :func:`lidvae_mini.avae.build_avae`). On MNIST
+#: (results/06_lidvae/cpu_decoders, three seeds, 3,000 steps) it fitted best of the three on every seed, and it keeps
+#: the injectivity guarantee. The
 #: mixtures keep :data:`PAPER_DECODER`: in the images chapter's ablation a learned beta changed neither their fit
 #: nor their clusters.
 BOOK_DECODER = "learned_init"
