@@ -55,9 +55,8 @@ DECODER_VARIANTS = ("fixed", "learned", "learned_init")
 #: The book's default construction of the single-latent LIDVAE's decoder when K < D (see :func:`book_decoder`,
 #: used by :func:`lidvae_mini.vae.build_vae` and :func:`lidvae_mini.avae.build_avae`). On MNIST
 #: (results/06_lidvae/cpu_decoders, three seeds, 3,000 steps) it fitted best of the three on every seed, and it keeps
-#: the injectivity guarantee. The
-#: mixtures keep :data:`PAPER_DECODER`: in the images chapter's ablation a learned beta changed neither their fit
-#: nor their clusters.
+#: the injectivity guarantee. The mixtures keep :data:`PAPER_DECODER`, because in the images chapter's ablation a
+#: learned beta changed neither their fit nor their clusters.
 BOOK_DECODER = "learned_init"
 #: The paper's construction (its text; Definition 3 with Example 1's zero-one beta).
 PAPER_DECODER = "fixed"
