@@ -23,7 +23,7 @@ from ._checks import check_choice, check_int
 
 __all__ = ["REMEDIES", "MI_Y_ACTIVE", "MAX_SHARE", "MI_Y_GAIN", "cluster_usage", "likelihood_spread",
            "kl_y_warmup_weight", "ClusterTrace", "remedy_settings", "run_remedy", "remedy_verdicts", "collapse_timing",
-           "remedies_table", "plot_remedy_traces", "remedy_findings"]
+           "remedies_table", "plot_remedy_traces", "remedy_findings", "SHORT_VERDICTS"]
 
 #: The remedies, each applied alone to the Example-1 LIDGMVAE (row ``"lidgmvae"`` of the images chapter), name ->
 #: what changes. ``"none"`` is the row as it is.
@@ -227,10 +227,17 @@ def remedy_verdicts(per_seed: dict) -> dict:
 
 
 
+#: Short names of :data:`lidvae_mini.diagnose.VERDICTS` for a table that fits the text column.
+SHORT_VERDICTS = {"identifiable and used": "none", "non-identifiable (model collapse)": "model",
+                  "identifiable but unused (inference collapse)": "inference", "borderline": "borderline"}
+
+
 def remedies_table(per_seed: dict):
-    """A :class:`pandas.DataFrame`, one row per remedy: mean ± sd over seeds of ``MI_y``, ``largest_share``,
-    ``KL_y``, ``acc_hungarian`` and ``iwae_ll`` (nats per test image), ``diagnose``'s verdicts on ``y`` (each with
-    its count of seeds) and the decision rule's answer (:func:`remedy_verdicts`, when ``"none"`` was run).
+    """A :class:`pandas.DataFrame` narrow enough for the text column, one row per remedy: mean ± sd over seeds of
+    ``MI_y`` (nats), the largest share of ``q(y)`` ("share"), the Hungarian accuracy ("acc") and ``iwae_ll`` (nats
+    per test image), ``diagnose``'s verdicts on ``y`` as the kind of collapse ("collapse of y": :data:`SHORT_VERDICTS`,
+    each with its count of seeds) and the decision rule's answer ("alive": :func:`remedy_verdicts`, when ``"none"``
+    was run); the rows in the order of :data:`REMEDIES`.
 
     ``per_seed``: ``{remedy: {metric: [value per seed]}}``.
     """
@@ -240,18 +247,19 @@ def remedies_table(per_seed: dict):
 
     rule = remedy_verdicts({r: [dict(zip(v, vals)) for vals in zip(*v.values())] for r, v in per_seed.items()}) \
         if "none" in per_seed else {}
-    digits = {"iwae_ll": 1, "acc_hungarian": 3}
+    columns = {"MI_y": ("MI_y", 2), "largest_share": ("share", 2), "acc_hungarian": ("acc", 2),
+               "iwae_ll": ("IWAE LL", 1)}
     rows = {}
     for r, v in per_seed.items():
-        row = {k: fmt(np.mean(v[k]), digits.get(k, 3)) + (f" ± {fmt(np.std(v[k], ddof=1), digits.get(k, 3))}"
-                                                         if len(v[k]) > 1 else "")
-               for k in ("MI_y", "largest_share", "KL_y", "acc_hungarian", "iwae_ll")}
-        verdicts = v.get("cluster_verdict", [])
-        row["verdict on y"] = "; ".join(f"{x} ({verdicts.count(x)})" for x in dict.fromkeys(verdicts))
+        row = {name: fmt(np.mean(v[k]), d) + (f" ± {fmt(np.std(v[k], ddof=1), d)}" if len(v[k]) > 1 else "")
+               for k, (name, d) in columns.items()}
+        verdicts = [SHORT_VERDICTS.get(x, x) for x in v.get("cluster_verdict", [])]
+        row["collapse of y"] = ", ".join(f"{x} ×{verdicts.count(x)}" for x in dict.fromkeys(verdicts))
         if rule:
-            row["keeps y active"] = "yes" if rule[r]["keeps_y_active"] else "no"
+            row["alive"] = "yes" if rule[r]["keeps_y_active"] else "no"
         rows[r] = row
-    return pd.DataFrame(rows).T
+    order = [r for r in REMEDIES if r in rows] + [r for r in rows if r not in REMEDIES]
+    return pd.DataFrame(rows).T.loc[order]
 
 
 def plot_remedy_traces(curves: dict, axes=None):

@@ -181,12 +181,16 @@ def test_findings_and_table_follow_the_numbers():
                          "cluster_verdict": ["identifiable but unused (inference collapse)"] * 2},
                 "aggressive": {"MI_y": [0.5, 0.6], "largest_share": [0.2, 0.3], "KL_y": [1.0, 1.1],
                                "acc_hungarian": [0.4, 0.5], "iwae_ll": [-190.0, -191.0],
-                               "cluster_verdict": ["used", "used"]}}
+                               "cluster_verdict": ["identifiable and used"] * 2}}
     text = " ".join(R.remedy_findings(per_seed))
     assert "`aggressive` keeps $y$ active" in text and "does not keep" not in text
     table = R.remedies_table(per_seed)
-    assert list(table["keeps y active"]) == ["no", "yes"]
-    assert table.loc["none", "verdict on y"] == "identifiable but unused (inference collapse) (2)"
+    assert list(table.index) == ["none", "aggressive"] and list(table["alive"]) == ["no", "yes"]
+    assert table.loc["none", "collapse of y"] == "inference ×2" and table.loc["aggressive", "collapse of y"] == "none ×2"
+    assert table.loc["aggressive", "MI_y"] == "0.55 ± 0.07" and table.loc["none", "IWAE LL"] == "−200.5 ± 0.7"
+    from lidvae_mini.diagnose import VERDICTS
+
+    assert set(R.SHORT_VERDICTS) == set(VERDICTS)
     per_seed["aggressive"]["MI_y"] = [0.5, 0.05]
     assert "no remedy keeps $y$ active" in " ".join(R.remedy_findings(per_seed))
 
