@@ -234,8 +234,7 @@ SHORT_VERDICTS = {"identifiable and used": "none", "non-identifiable (model coll
 
 def remedies_table(per_seed: dict):
     """A :class:`pandas.DataFrame` narrow enough for the text column, one row per remedy: mean ± sd over seeds of
-    ``MI_y`` (nats), the largest share of ``q(y)`` ("share"), the Hungarian accuracy ("acc") and ``iwae_ll`` (nats
-    per test image), ``diagnose``'s verdicts on ``y`` as the kind of collapse ("collapse of y": :data:`SHORT_VERDICTS`,
+    ``MI_y`` (nats), the largest share of ``q(y)`` ("share") and ``iwae_ll`` (nats per test image), ``diagnose``'s verdicts on ``y`` as the kind of collapse ("collapse of y": :data:`SHORT_VERDICTS`,
     each with its count of seeds) and the decision rule's answer ("alive": :func:`remedy_verdicts`, when ``"none"``
     was run); the rows in the order of :data:`REMEDIES`.
 
@@ -247,8 +246,7 @@ def remedies_table(per_seed: dict):
 
     rule = remedy_verdicts({r: [dict(zip(v, vals)) for vals in zip(*v.values())] for r, v in per_seed.items()}) \
         if "none" in per_seed else {}
-    columns = {"MI_y": ("MI_y", 2), "largest_share": ("share", 2), "acc_hungarian": ("acc", 2),
-               "iwae_ll": ("IWAE LL", 1)}
+    columns = {"MI_y": ("MI_y", 2), "largest_share": ("share", 2), "iwae_ll": ("IWAE LL", 1)}
     rows = {}
     for r, v in per_seed.items():
         row = {name: fmt(np.mean(v[k]), d) + (f" ± {fmt(np.std(v[k], ddof=1), d)}" if len(v[k]) > 1 else "")
