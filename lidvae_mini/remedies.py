@@ -20,6 +20,7 @@ import numpy as np
 import torch
 
 from ._checks import check_choice, check_int
+from .mixture import _entropy
 
 __all__ = ["REMEDIES", "MI_Y_ACTIVE", "MAX_SHARE", "MI_Y_GAIN", "cluster_usage", "likelihood_spread",
            "kl_y_warmup_weight", "ClusterTrace", "remedy_settings", "run_remedy", "remedy_verdicts", "collapse_timing",
@@ -66,9 +67,8 @@ def cluster_usage(model, x: torch.Tensor) -> dict:
         raise ValueError(f"cluster_usage needs at least 2 points, got {x.shape[0]}")
     q = _cluster_probs(model, x)
     marginal = q.mean(0)
-    ent = -(q * torch.log(q.clamp_min(1e-300))).sum(1).mean()
-    h_marginal = -(marginal * torch.log(marginal.clamp_min(1e-300))).sum()
-    return {"largest_share": float(marginal.max()), "MI_y": max(float(h_marginal - ent), 0.0),
+    ent = _entropy(q).mean()
+    return {"largest_share": float(marginal.max()), "MI_y": max(float(_entropy(marginal) - ent), 0.0),
             "entropy_y": float(ent)}
 
 
@@ -201,30 +201,29 @@ def run_remedy(remedy: str, data: dict, *, latent_dim: int, warmup_epochs: int =
 
 
 def remedy_verdicts(per_seed: dict) -> dict:
-    """The decision rule on ``{remedy: [metrics per seed]}`` (the seeds in the same order for every remedy, with
-    ``"none"`` among them): ``{remedy: {"keeps_y_active", "mi_gain", "mi_gain_by_seed", "min_MI_y",
-    "max_share"}}`` (nats, nats, nats, share). The thresholds are :data:`MI_Y_ACTIVE`, :data:`MAX_SHARE` and
-    :data:`MI_Y_GAIN`; ``"none"`` gets ``keeps_y_active`` from the first two alone.
+    """The decision rule on ``{remedy: {"MI_y": [per seed], "largest_share": [per seed], ...}}`` (the form the
+    images chapter saves; the seeds in the same order for every remedy, with ``"none"`` among them):
+    ``{remedy: {"keeps_y_active", "mi_gain", "mi_gain_by_seed", "min_MI_y", "max_share"}}`` (nats, nats, nats,
+    share). The thresholds are :data:`MI_Y_ACTIVE`, :data:`MAX_SHARE` and :data:`MI_Y_GAIN`; ``"none"`` gets
+    ``keeps_y_active`` from the first two alone.
 
     Raises:
         ValueError: no ``"none"`` entry, or remedies with different numbers of seeds.
     """
     if "none" not in per_seed:
         raise ValueError("remedy_verdicts needs the 'none' runs to pair against")
-    base = [r["MI_y"] for r in per_seed["none"]]
+    base = per_seed["none"]["MI_y"]
     out = {}
     for name, runs in per_seed.items():
-        if len(runs) != len(base):
-            raise ValueError(f"{name!r} has {len(runs)} seeds, 'none' has {len(base)}")
-        mi = [r["MI_y"] for r in runs]
-        share = [r["largest_share"] for r in runs]
+        mi, share = runs["MI_y"], runs["largest_share"]
+        if len(mi) != len(base):
+            raise ValueError(f"{name!r} has {len(mi)} seeds, 'none' has {len(base)}")
         gain = [a - b for a, b in zip(mi, base)]
         alive = min(mi) >= MI_Y_ACTIVE and max(share) <= MAX_SHARE
         resolved = name == "none" or (min(gain) > 0 and float(np.mean(gain)) >= MI_Y_GAIN)
         out[name] = {"keeps_y_active": bool(alive and resolved), "mi_gain": float(np.mean(gain)),
                      "mi_gain_by_seed": gain, "min_MI_y": float(min(mi)), "max_share": float(max(share))}
     return out
-
 
 
 #: Short names of :data:`lidvae_mini.diagnose.VERDICTS` for a table that fits the text column.
@@ -234,8 +233,9 @@ SHORT_VERDICTS = {"identifiable and used": "none", "non-identifiable (model coll
 
 def remedies_table(per_seed: dict):
     """A :class:`pandas.DataFrame` narrow enough for the text column, one row per remedy: mean ± sd over seeds of
-    ``MI_y`` (nats), the largest share of ``q(y)`` ("share") and ``iwae_ll`` (nats per test image), ``diagnose``'s verdicts on ``y`` as the kind of collapse ("collapse of y": :data:`SHORT_VERDICTS`,
-    each with its count of seeds) and the decision rule's answer ("alive": :func:`remedy_verdicts`, when ``"none"``
+    ``MI_y`` (nats), the largest share of ``q(y)`` ("share") and ``iwae_ll`` (nats per test image), ``diagnose``'s
+    verdicts on ``y`` as the kind of collapse ("collapse of y": :data:`SHORT_VERDICTS`, each with its count of
+    seeds) and the decision rule's answer ("alive": :func:`remedy_verdicts`, when ``"none"``
     was run); the rows in the order of :data:`REMEDIES`.
 
     ``per_seed``: ``{remedy: {metric: [value per seed]}}``.
@@ -244,8 +244,7 @@ def remedies_table(per_seed: dict):
 
     from .prose import fmt
 
-    rule = remedy_verdicts({r: [dict(zip(v, vals)) for vals in zip(*v.values())] for r, v in per_seed.items()}) \
-        if "none" in per_seed else {}
+    rule = remedy_verdicts(per_seed) if "none" in per_seed else {}
     columns = {"MI_y": ("MI_y", 2), "largest_share": ("share", 2), "iwae_ll": ("IWAE LL", 1)}
     rows = {}
     for r, v in per_seed.items():
@@ -309,9 +308,8 @@ def remedy_findings(per_seed: dict, curves: dict | None = None) -> list:
     """
     from .prose import count_of, fmt, listing, span
 
-    runs = {r: [dict(zip(v, vals)) for vals in zip(*v.values())] for r, v in per_seed.items()}
-    rule = remedy_verdicts(runs)
-    n = len(runs["none"])
+    rule = remedy_verdicts(per_seed)
+    n = len(per_seed["none"]["MI_y"])
     none = per_seed["none"]
     seeds = "its one seed" if n == 1 else f"{count_of(n, n)} seeds"
     out = [f"**Without a remedy** the largest share of $q(y)$ on the test images is "
@@ -327,8 +325,8 @@ def remedy_findings(per_seed: dict, curves: dict | None = None) -> list:
                        f"reaches {span([t['spread_max'][i] for i in died], 1)} nats, and $q(y \\mid x)$ does not "
                        "come back even then: once a cluster holds every image, the other clusters' branches of "
                        "$q(w \\mid x, y)$ get no weight in the ELBO and stop improving.")
-    keep = [r for r in runs if r != "none" and rule[r]["keeps_y_active"]]
-    for r in (r for r in runs if r != "none"):
+    keep = [r for r in per_seed if r != "none" and rule[r]["keeps_y_active"]]
+    for r in (r for r in per_seed if r != "none"):
         v = rule[r]
         up = sum(g > 0 for g in v["mi_gain_by_seed"])
         where = ("positive" if up else "not positive") if n == 1 else f"positive on {count_of(up, n)} seeds"

@@ -150,7 +150,7 @@ def test_remedy_settings():
 
 
 def _runs(mi, share):
-    return [{"MI_y": m, "largest_share": s} for m, s in zip(mi, share)]
+    return {"MI_y": list(mi), "largest_share": list(share)}
 
 
 def test_the_decision_rule_on_hand_set_numbers():
@@ -172,7 +172,7 @@ def test_the_decision_rule_on_hand_set_numbers():
     with pytest.raises(ValueError, match="'none'"):
         R.remedy_verdicts({"x": none})
     with pytest.raises(ValueError, match="seeds"):
-        R.remedy_verdicts({"none": none, "x": none[:2]})
+        R.remedy_verdicts({"none": none, "x": _runs([0.0, 0.01], [1.0, 1.0])})
 
 
 def test_findings_and_table_follow_the_numbers():
