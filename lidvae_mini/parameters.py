@@ -96,6 +96,9 @@ IMAGE_DATASETS = ("mnist", "fashion_mnist", "omniglot")
 IMAGE_METHODS = ("vae", "beta_vae", "sa_vae", "lagging_vae", "gmvae", "lidgmvae", "lidgmvae_learned",
                  "lidgmvae_lbeta", "lidgmvae_learned_lbeta", "gmvae_example1")
 IMAGE_ENCODERS = ("realnvp", "gaussian")
+#: The rows of the text chapter (:data:`lidvae_mini.text_methods.TEXT_METHODS`; repeated here, checked by
+#: tests/test_parameters.py).
+TEXT_METHODS = ("vae", "beta_vae", "sa_vae", "lagging", "lidsvae", "lidsvae_learned", "lidsvae_learned_init")
 #: The remedies of the Example-1 LIDGMVAE's cluster collapse (:data:`lidvae_mini.remedies.REMEDIES`; repeated here,
 #: checked by tests/test_parameters.py).
 REMEDIES = ("none", "decoder_init", "kl_y_warmup", "aggressive", "learned_beta")
@@ -143,7 +146,9 @@ SPECS: dict[str, dict[str, Spec]] = {
                       remedies=List(Choice(*REMEDIES)), remedy_seeds=List(SEED, 1, none=True),
                       warmup_epochs=COUNT, seed=SEED, seeds=List(SEED, 1, none=True), data_dir=FOLDER, device=DEVICE, out_dir=FOLDER),
     "09_text": dict(synth_n_train=Asserted(2000), synth_n_valid=Asserted(300), synth_n_test=Asserted(500),
-                    synth_epochs=Asserted(8),
+                    synth_epochs=Asserted(8), methods=List(Choice(*TEXT_METHODS), 1),
+                    yahoo_methods=List(Choice(*TEXT_METHODS), 1), keep_best=Spec("bool"), knn_k=COUNT,
+                    ceiling_n=COUNT, ceiling_samples=COUNT,
                     latent_dim=COUNT, embed_dim=COUNT, enc_hidden=COUNT, dec_hidden=COUNT, icnn_hidden=TWO_WIDTHS,
                     alpha=POSITIVE, beta_small=POSITIVE, sa_svi_steps=COUNT, lagging_inner_steps=COUNT,
                     lr=POSITIVE, batch_size=COUNT, iwae_samples=COUNT, yahoo_n=Int(0), yahoo_n_valid=COUNT,
@@ -181,6 +186,10 @@ RULES: dict[str, list[tuple[tuple[str, ...], object, str]]] = {
     "07_lidgmvae_pinwheel": [(("n_per_class", "epochs"), lambda p: p["n_per_class"] * p["epochs"] >= 24_000,
                               "n_per_class * epochs >= 24000 (the chapter's checked statements need that much "
                               "training: 200 points per arm for 120 epochs, or 2000 for 50 as in cpu.yaml)")],
+    "09_text": [(("methods",), lambda p: {"vae", "beta_vae", "lidsvae"} <= set(p["methods"]),
+                 "'vae', 'beta_vae' and 'lidsvae' among methods (the chapter compares the others with them)"),
+                (("yahoo_methods",), lambda p: {"vae", "lidsvae"} <= set(p["yahoo_methods"]),
+                 "'vae' and 'lidsvae' among yahoo_methods (the decoder comparison is against the sequential VAE)")],
     "06_lidvae": [(("mnist_lidvae_variants",), lambda p: "fixed" in p["mnist_lidvae_variants"],
                    "'fixed' among mnist_lidvae_variants (the chapter compares every variant with the paper's beta)")],
     "10_avae": [(("kde_size", "n_train"), lambda p: p["kde_size"] < p["n_train"],

@@ -32,6 +32,7 @@ from torch import nn
 from ._checks import check_choice, check_int, check_positive
 from .brenier import BrenierMap
 from .data.text import BOS, EOS, PAD, UNK
+from .decoders import BETAS, FullRankLift, decoder_variant
 from .metrics import (active_units, iwae_log_likelihood, kl_gaussian_standard_per_dim, mutual_information,
                       mutual_information_report)
 
@@ -180,31 +181,50 @@ class LinearBrenierMap(nn.Module):
         return self.alpha * u
 
 
-def padded_brenier(g: BrenierMap, w: torch.Tensor) -> torch.Tensor:
-    """``g(beta^T w)`` for the zero-padding ``beta = eye(M, D)``: ``(N, M) -> (N, D)``, equal to
-    ``g(F.pad(w, (0, D - M)))`` (tested) but with the first ICNN layer applied to the ``M`` non-zero coordinates
-    only (the explicit gradient of :meth:`lidvae_mini.icnn.ICNN.gradient`, for all tokens in one batched call).
-    Falls back to ``g(pad(w))`` for a map that is not a :class:`~lidvae_mini.brenier.BrenierMap` in explicit mode.
+def _folded_linear(layer: nn.Linear, w: torch.Tensor, beta_t, bias) -> torch.Tensor:
+    """``layer(beta^T w + b)`` without forming the ``(N, D)`` lifted input: the layer's ``(h, D)`` weight folded with
+    ``beta^T`` to ``(h, M)`` (zero padding, ``beta_t=None``: its first ``M`` columns), and ``A b`` added to the
+    layer's bias."""
+    if beta_t is None:
+        return nn.functional.linear(w, layer.weight[:, :w.shape[-1]], layer.bias)
+    out_bias = layer.bias
+    if bias is not None:
+        out_bias = layer.weight @ bias + (0 if out_bias is None else out_bias)
+    return nn.functional.linear(w, layer.weight @ beta_t, out_bias)
+
+
+def lifted_brenier(g: BrenierMap, w: torch.Tensor, lift=None) -> torch.Tensor:
+    """``g(beta^T w)``: ``(N, M) -> (N, D)``, for ``beta = eye(M, D)`` (``lift=None``: zero padding) or a learned
+    full-rank :class:`~lidvae_mini.decoders.FullRankLift` ``lift`` (``beta^T w + b``). Equal to ``g`` applied to the
+    lifted input (tested), but every ICNN layer ``A_l`` acts on the ``M`` coordinates of ``w`` through its weight
+    folded with ``beta^T`` (the explicit gradient of :meth:`lidvae_mini.icnn.ICNN.gradient`, for all tokens in one
+    batched call; the lift's orthonormal frame is computed once per call). Falls back to ``g(lifted input)`` for a
+    map that is not a :class:`~lidvae_mini.brenier.BrenierMap` in explicit mode.
     """
     D, M = g.dim, w.shape[-1]
+    beta_t = bias = None
+    if lift is None:
+        v = nn.functional.pad(w, (0, D - M))
+    else:
+        beta_t, bias = lift.matrix().T, lift.bias
+        v = w @ beta_t.T if bias is None else torch.addmm(bias, w, beta_t.T)
     net = getattr(g, "potential_net", None)
     if net is None or g.grad_mode != "explicit" or not torch.isfinite(w).all():
-        return g(torch.nn.functional.pad(w, (0, D - M)))
-    A0 = net.A[0]
+        return g(v)
     Ws = net.positive_weights()
-    s0 = torch.nn.functional.linear(w, A0.weight[:, :M], A0.bias)
+    s0 = _folded_linear(net.A[0], w, beta_t, bias)
     pre, zz = [s0], net._h0(s0)
     for l in range(1, len(net.hidden)):
-        sl = torch.nn.functional.linear(zz, Ws[l - 1]) + net.A[l](torch.nn.functional.pad(w, (0, D - M)))
+        sl = nn.functional.linear(zz, Ws[l - 1]) + _folded_linear(net.A[l], w, beta_t, bias)
         pre.append(sl)
         zz = net._act(sl)
     delta = Ws[-1].expand(w.shape[0], -1)
-    grad = net.a_out + net.alpha * torch.nn.functional.pad(w, (0, D - M))
+    grad = net.a_out + net.alpha * v
     for l in range(len(net.hidden) - 1, 0, -1):
         e = delta * net._act_grad(pre[l])
         grad = grad + e @ net.A[l].weight
         delta = e @ Ws[l - 1]
-    return grad + (delta * net._h0_grad(s0)) @ A0.weight
+    return grad + (delta * net._h0_grad(s0)) @ net.A[0].weight
 
 
 class LIDSDecoder(_Decoder):
@@ -213,32 +233,43 @@ class LIDSDecoder(_Decoder):
 
     * ``f``: an LSTM over the embeddings of the history that **never sees z** (initial state a learned constant);
       ``f(x_<t) in R^H``.
-    * ``g_1``: a Brenier map on ``R^{K+H}``; ``beta_2``: the fixed ``(K+H) x D`` zero-one matrix ``eye(K+H, D)``
-      (a registered buffer, never trained); ``g_2``: a Brenier map on ``R^D``
-      (:class:`~lidvae_mini.brenier.BrenierMap`, explicit ICNN gradient, one batched call for all ``B x T`` tokens).
+    * ``g_1``: a Brenier map on ``R^{K+H}``; ``beta_2`` a ``(K+H) x D`` map of full row rank ``K+H``; ``g_2``: a
+      Brenier map on ``R^D`` (:class:`~lidvae_mini.brenier.BrenierMap`, explicit ICNN gradient, one batched call for
+      all ``B x T`` tokens, :func:`lifted_brenier`).
+    * ``beta="fixed"`` (the paper's text): ``beta_2 = eye(K+H, D)``, a registered buffer never trained. It writes
+      ``g_1``'s output into the first ``K+H`` free logits: with the vocabulary sorted by frequency, the special tokens
+      and the most frequent words. ``beta="learned"``: :class:`~lidvae_mini.decoders.FullRankLift`
+      (``beta_2^T = Q diag(e^s)``, orthonormal ``Q``, plus a bias when ``beta_bias``), full rank for every parameter
+      value, ``sigma_min(beta_2) = min_k e^{s_k}``.
+    * ``g2_active_inputs``: the ``active_inputs`` of ``g_2``'s ICNN (default ``D``); ``K + H`` initialises it for
+      the ``K+H``-dimensional signal that ``beta_2`` lifts (see :class:`~lidvae_mini.icnn.ICNN`).
     * ``construction="minimal"`` (default): ``D = V - 1`` and the logits are ``[0, g_2(...)]`` (token 0,
-      ``<pad>``, fixed at logit 0): ``z -> p(x_t | z, x_<t)`` is injective for every history. ``"naive"``:
-      ``D = V`` free logits (the official code), for which the paper's injectivity argument fails.
+      ``<pad>``, fixed at logit 0): ``z -> p(x_t | z, x_<t)`` is injective for every history, with
+      ``||eta(z) - eta(z')|| >= alpha^2 sigma_min(beta_2) ||z - z'||``. ``"naive"``: ``D = V`` free logits (the
+      official code), for which the paper's injectivity argument fails.
 
     Args: vocab_size V, embed_dim, hidden H, latent_dim K, hidden1/hidden2 (ICNN widths of g_1/g_2), alpha
-    (strong-monotonicity constant of both maps), construction.
+    (strong-monotonicity constant of both maps), construction, num_layers, dropout, beta, beta_bias,
+    g2_active_inputs.
 
     Raises:
-        ValueError: ``K + H > D`` (``beta_2`` would not be injective), bad sizes or construction.
+        ValueError: ``K + H > D`` (``beta_2`` would not be injective), bad sizes, construction or beta.
     """
 
     def __init__(self, vocab_size: int, embed_dim: int, hidden: int, latent_dim: int, hidden1=(64,),
                  hidden2=(64,), alpha: float = 0.5, construction: str = "minimal", num_layers: int = 1,
-                 dropout: float = 0.0):
+                 dropout: float = 0.0, beta: str = "fixed", beta_bias: bool = False,
+                 g2_active_inputs: int | None = None):
         super().__init__()
         self.vocab_size, self.latent_dim = check_int(vocab_size, "vocab_size"), check_int(latent_dim, "latent_dim")
         self.hidden, self.num_layers = check_int(hidden, "hidden"), check_int(num_layers, "num_layers")
         self.construction = check_choice(construction, "construction", CONSTRUCTIONS)
+        self.beta_kind = check_choice(beta, "beta", BETAS)
         D = vocab_size - 1 if construction == "minimal" else vocab_size
         M = latent_dim + hidden
         if M > D:
-            raise ValueError(f"K + H = {M} must not exceed the logit dimension D = {D}: beta_2 pads [z, f] with "
-                             f"zeros and needs D >= K + H to be injective")
+            raise ValueError(f"K + H = {M} must not exceed the logit dimension D = {D}: beta_2 lifts [z, f] into "
+                             f"R^D and needs D >= K + H to be injective")
         self.logit_dim = D
         self.embed = nn.Embedding(vocab_size, embed_dim)
         self.lstm = nn.LSTM(embed_dim, hidden, num_layers=num_layers, batch_first=True)
@@ -246,8 +277,29 @@ class LIDSDecoder(_Decoder):
         self.c0 = nn.Parameter(torch.zeros(num_layers, 1, hidden))
         self.drop = nn.Dropout(dropout)
         self.g1 = BrenierMap(M, hidden1, alpha=alpha)
-        self.g2 = BrenierMap(D, hidden2, alpha=alpha)
-        self.register_buffer("beta2", torch.eye(M, D))
+        self.g2 = BrenierMap(D, hidden2, alpha=alpha, active_inputs=g2_active_inputs)
+        if beta == "fixed":
+            if beta_bias:
+                raise ValueError("beta_bias needs beta='learned' (the fixed beta_2 is the paper's zero-one matrix)")
+            self.register_buffer("beta2", torch.eye(M, D))
+            self.lift = None
+        else:
+            self.lift = FullRankLift(M, D, bias=beta_bias)
+
+    def beta2_matrix(self) -> torch.Tensor:
+        """``beta_2``, shape ``(K+H, D)``: ``eye(K+H, D)`` or the learned lift's matrix."""
+        return self.beta2 if self.lift is None else self.lift.matrix()
+
+    def sigma_min(self) -> float:
+        """The smallest singular value of ``beta_2`` (1 for the fixed zero-one matrix)."""
+        return 1.0 if self.lift is None else float(self.lift.singular_values()[-1].detach())
+
+    def beta_lift(self, w: torch.Tensor) -> torch.Tensor:
+        """``beta_2^T w (+ b)``: ``(N, K+H) -> (N, D)``; for the fixed ``beta_2`` a zero padding, without the
+        ``(K+H) x D`` matmul (equal to ``w @ beta2``, tested)."""
+        if self.lift is None:
+            return nn.functional.pad(w, (0, self.logit_dim - w.shape[-1]))
+        return self.lift(w)
 
     def _init_state(self, z):
         n = z.shape[0]
@@ -262,19 +314,14 @@ class LIDSDecoder(_Decoder):
         """Logits ``(..., V)`` from ``z`` ``(..., K)`` and ``f`` ``(..., H)`` (same leading shape)."""
         lead = f.shape[:-1]
         u = torch.cat([z, f], -1).reshape(-1, self.latent_dim + self.hidden)
-        eta = padded_brenier(self.g2, self.g1(u))
+        eta = lifted_brenier(self.g2, self.g1(u), self.lift)
         if self.construction == "minimal":
             eta = torch.cat([eta.new_zeros(eta.shape[0], 1), eta], -1)
         return eta.view(*lead, self.vocab_size)
 
-    def _lift(self, w: torch.Tensor) -> torch.Tensor:
-        """``w beta_2`` for the zero-one ``beta_2 = eye(K+H, D)``: zero padding, without the ``(K+H) x D`` matmul
-        (equal to ``w @ self.beta2``, tested; it saves a third of the step time at V = 2,000)."""
-        return torch.nn.functional.pad(w, (0, self.logit_dim - w.shape[-1]))
-
     def natural_parameters(self, z: torch.Tensor, f: torch.Tensor) -> torch.Tensor:
         """``eta = g_2(beta_2^T g_1([z, f]))`` ``(N, D)``: the free logits (minimal: ``log p_j - log p_0``)."""
-        return padded_brenier(self.g2, self.g1(torch.cat([z, f], -1)))
+        return lifted_brenier(self.g2, self.g1(torch.cat([z, f], -1)), self.lift)
 
     def _logits(self, z, x_in):
         f = self.history(x_in)
@@ -340,13 +387,26 @@ class TextVAE(nn.Module):
 def build_text_vae(kind: str, vocab_size: int, latent_dim: int = 5, embed_dim: int = 32, enc_hidden: int = 64,
                    dec_hidden: int = 64, icnn_hidden=((64,), (64,)), alpha: float = 0.5, beta: float | None = None,
                    construction: str = "minimal", enc_layers: int = 2, dec_layers: int = 1,
-                   dropout: float = 0.0) -> TextVAE:
-    """``kind``: ``"vae"`` (sequential VAE), ``"beta_vae"`` (beta = 0.2 unless given) or ``"lidsvae"``."""
+                   dropout: float = 0.0, decoder: str = "fixed", beta_bias: bool = False) -> TextVAE:
+    """``kind``: ``"vae"`` (sequential VAE), ``"beta_vae"`` (beta = 0.2 unless given) or ``"lidsvae"``.
+
+    ``decoder`` (LIDSVAE only): a construction of :data:`lidvae_mini.decoders.DECODER_VARIANTS`, as for the images
+    (:func:`~lidvae_mini.decoders.decoder_variant` with ``K + H`` inputs): ``"fixed"`` (the paper's zero-one
+    ``beta_2``, ``g_2`` initialised for ``D`` inputs), ``"learned"`` (a learned full-rank ``beta_2``) or
+    ``"learned_init"`` (that, with ``g_2`` initialised for the ``K + H`` inputs ``beta_2`` lifts); ``beta_bias``
+    adds a bias to a learned ``beta_2``.
+
+    Raises:
+        ValueError: unknown ``kind`` or ``decoder``; a ``decoder`` other than ``"fixed"`` for a non-LIDSVAE.
+    """
     check_choice(kind, "kind", ("vae", "beta_vae", "lidsvae"))
+    variant = decoder_variant(decoder, latent_dim + dec_hidden)
+    if kind != "lidsvae" and (decoder != "fixed" or beta_bias):
+        raise ValueError(f"decoder={decoder!r} and beta_bias apply to the LIDSVAE only, not {kind!r}")
     enc = LSTMEncoder(vocab_size, embed_dim, enc_hidden, latent_dim, enc_layers)
     if kind == "lidsvae":
         dec = LIDSDecoder(vocab_size, embed_dim, dec_hidden, latent_dim, icnn_hidden[0], icnn_hidden[1], alpha,
-                          construction, dec_layers, dropout)
+                          construction, dec_layers, dropout, beta_bias=beta_bias, **variant)
     else:
         dec = SequentialDecoder(vocab_size, embed_dim, dec_hidden, latent_dim, dec_layers, dropout)
     if beta is None:
@@ -381,7 +441,8 @@ def sa_text_loss(model: TextVAE, x: torch.Tensor, svi_steps: int = 10, svi_lr: f
 
 def fit_text(model: TextVAE, train_batches, valid_batches=None, epochs: int = 5, lr: float = 1e-3,
              seed: int = 0, clip: float = 5.0, weight_decay: float = 0.0, verbose: bool = False,
-             loss_fn=None, aggressive: bool = False, max_inner_steps: int = 100, check_every: int = 15) -> dict:
+             loss_fn=None, aggressive: bool = False, max_inner_steps: int = 100, check_every: int = 15,
+             keep_best: bool = False) -> dict:
     """Maximise the ELBO (``rec + beta·KL``, batch mean, one draw) with Adam over equal-length batches.
 
     Seeded: the batch order of every epoch and the reparameterisation noise come from ``seed`` (the caller's
@@ -395,10 +456,20 @@ def fit_text(model: TextVAE, train_batches, valid_batches=None, epochs: int = 5,
     at most ``max_inner_steps``, stopping when the mean loss of a block of ``check_every`` steps rises); the phase
     ends after the first epoch whose validation MI (needs ``valid_batches``) does not increase.
 
+    ``keep_best``: at the end, restore the parameters of the epoch with the lowest validation negative ELBO (early
+    stopping without stopping: the learning curve is still recorded to the last epoch); needs ``valid_batches``.
+
     Returns: ``{"train_loss": [...], "train_kl": [...], "valid_nelbo": [...], "valid_kl": [...], "seconds": s}``
-    (and ``"aggressive_epochs"``).
+    (and ``"aggressive_epochs"``; ``"best_epoch"``, 1-based, with ``keep_best``).
+
+    Raises:
+        ValueError: ``aggressive`` or ``keep_best`` without ``valid_batches``; ``epochs < 1``.
+        NonFiniteLossError: a non-finite loss or gradient.
     """
     epochs = check_int(epochs, "epochs")
+    if keep_best and not valid_batches:
+        raise ValueError("keep_best needs valid_batches (it keeps the epoch with the lowest validation loss)")
+    best = {"nelbo": math.inf, "state": None, "epoch": 0}
     opt = torch.optim.Adam(model.parameters(), lr=lr, weight_decay=weight_decay)
     hist = {"train_loss": [], "train_kl": [], "valid_nelbo": [], "valid_kl": []}
     rng = np.random.default_rng(seed)
@@ -465,6 +536,9 @@ def fit_text(model: TextVAE, train_batches, valid_batches=None, epochs: int = 5,
                 ev = elbo_eval(model, valid_batches, seed=seed)
                 hist["valid_nelbo"].append(-ev["elbo"])
                 hist["valid_kl"].append(ev["kl"])
+                if keep_best and -ev["elbo"] < best["nelbo"]:
+                    best.update(nelbo=-ev["elbo"], epoch=ep + 1,
+                                state={k: v.detach().clone() for k, v in model.state_dict().items()})
             if aggressive and best_mi is not None:
                 hist["aggressive_epochs"] += 1
                 nv = sum(int(xb.shape[0]) for _, xb in valid_batches)
@@ -474,6 +548,9 @@ def fit_text(model: TextVAE, train_batches, valid_batches=None, epochs: int = 5,
             if verbose:
                 print(f"epoch {ep + 1}: loss {hist['train_loss'][-1]:.2f} kl {hist['train_kl'][-1]:.3f}")
     hist["seconds"] = time.perf_counter() - t0
+    if keep_best:
+        model.load_state_dict(best["state"])
+        hist["best_epoch"] = best["epoch"]
     model.eval()
     return hist
 
@@ -533,22 +610,6 @@ def evaluate_text(model: TextVAE, batches, iwae_samples: int = 100, seed: int = 
                **mutual_information_report(*mutual_information(mu, lv, seed=seed, return_se=True)), n_sentences=n,
                n_tokens=n_tok)
     return out
-
-
-def latent_r2(means_fit, z_fit, means_eval, z_eval) -> dict:
-    """How well a linear map (least squares with intercept, fitted on ``(means_fit, z_fit)``) of the posterior
-    means E_q[z | x] recovers the true latents on held-out sentences: ``{"r2": mean R^2 over the true
-    dimensions, "r2_per_dim": [...]}`` (1: the true z is a linear function of the posterior means; 0: no
-    better than the mean). R^2 = 1 - SSE / SST on ``(means_eval, z_eval)``; it can be negative."""
-    def design(m):
-        m = torch.as_tensor(m, dtype=torch.float64)
-        return torch.cat([m, torch.ones(m.shape[0], 1, dtype=torch.float64)], 1)
-    zf = torch.as_tensor(z_fit, dtype=torch.float64)
-    ze = torch.as_tensor(z_eval, dtype=torch.float64)
-    W = torch.linalg.lstsq(design(means_fit), zf).solution
-    pred = design(means_eval) @ W
-    r2 = 1 - ((ze - pred) ** 2).sum(0) / ((ze - ze.mean(0)) ** 2).sum(0)
-    return {"r2": float(r2.mean()), "r2_per_dim": r2.tolist()}
 
 
 @torch.no_grad()

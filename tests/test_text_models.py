@@ -7,7 +7,8 @@ import torch
 from lidvae_mini.data.text import length_batches, make_synthetic_text
 from lidvae_mini.metrics import iwae_log_likelihood
 from lidvae_mini.text import (LIDSDecoder, LinearBrenierMap, QuadraticBrenierMap, TextVAE, build_text_vae,
-                              evaluate_text, fit_text, latent_r2)
+                              evaluate_text, fit_text)
+from lidvae_mini.latent_recovery import latent_r2
 
 V, K = 40, 3
 
@@ -46,13 +47,54 @@ def test_lids_history_never_sees_z():
     assert f.shape == (6, 6, 8)
     assert dec.g1.dim == K + 8 and dec.g2.dim == V - 1
     w = torch.randn(5, K + 8)
-    assert torch.equal(dec._lift(w), w @ dec.beta2)  # beta_2 applied as zero padding
+    assert torch.equal(dec.beta_lift(w), w @ dec.beta2)  # beta_2 applied as zero padding
     from lidvae_mini.brenier import BrenierMap
-    from lidvae_mini.text import padded_brenier
+    from lidvae_mini.decoders import FullRankLift
+    from lidvae_mini.text import lifted_brenier
     for hidden in ((8,), (8, 6)):
         g = BrenierMap(V - 1, hidden)
         torch.nn.init.normal_(g.potential_net.A[0].bias)
-        assert torch.allclose(padded_brenier(g, w), g(w @ dec.beta2), atol=1e-5)
+        assert torch.allclose(lifted_brenier(g, w), g(w @ dec.beta2), atol=1e-5)
+        for bias in (False, True):  # a learned full-rank beta_2, folded into the ICNN's layers
+            lift = FullRankLift(K + 8, V - 1, bias=bias)
+            if bias:
+                torch.nn.init.normal_(lift.bias)
+            assert torch.allclose(lifted_brenier(g, w, lift), g(lift(w)), atol=1e-5)
+
+
+@pytest.mark.parametrize("decoder", ["learned", "learned_init"])
+def test_learned_beta2_is_injective_with_its_smallest_singular_value(decoder):
+    """A learned beta_2 (full column rank by construction): for arbitrary parameter values, log-scales included,
+    ||eta(z) - eta(z')|| >= alpha_1 alpha_2 sigma_min(beta_2) ||z - z'|| for every history."""
+    torch.manual_seed(3)
+    m = build_text_vae("lidsvae", V, latent_dim=K, embed_dim=8, enc_hidden=8, dec_hidden=8,
+                       icnn_hidden=((16,), (16,)), alpha=0.3, decoder=decoder, beta_bias=True)
+    dec = m.decoder
+    assert "beta2" not in dict(dec.named_buffers()) and dec.lift.frame.requires_grad
+    assert dec.g2.potential_net.active_inputs == (K + 8 if decoder == "learned_init" else V - 1)
+    with torch.no_grad():
+        for p in dec.parameters():
+            p.add_(0.3 * torch.randn_like(p))
+        dec.lift.log_scale.copy_(torch.linspace(-2.0, 1.0, K + 8))  # sigma_min = e^-2
+        sv = torch.linalg.svdvals(dec.beta2_matrix().double())
+        assert math.isclose(float(sv[-1]), dec.sigma_min(), rel_tol=1e-4) and dec.sigma_min() < 0.2
+        f = dec.history(_x(B=50, seed=2)[:, :-1]).reshape(-1, 8)
+        z1 = torch.randn(f.shape[0], K)
+        z2 = z1 + 1e-2 * torch.randn_like(z1)
+        lp1, lp2 = (torch.log_softmax(dec.head(z, f), -1) for z in (z1, z2))
+        eta1, eta2 = lp1[:, 1:] - lp1[:, :1], lp2[:, 1:] - lp2[:, :1]
+        assert torch.allclose(eta1, dec.natural_parameters(z1, f), atol=1e-4)
+        bound = dec.g1.alpha * dec.g2.alpha * dec.sigma_min() * (z1 - z2).norm(dim=-1)
+        assert ((eta1 - eta2).norm(dim=-1) >= 0.99 * bound).all()
+
+
+def test_decoder_variants_are_for_the_lidsvae_only():
+    with pytest.raises(ValueError, match="LIDSVAE only"):
+        build_text_vae("vae", V, decoder="learned_init")
+    with pytest.raises(ValueError, match="decoder variant"):
+        build_text_vae("lidsvae", V, decoder="dense")
+    with pytest.raises(ValueError, match="beta_bias needs"):
+        LIDSDecoder(V, 8, 8, K, beta_bias=True)
 
 
 def test_minimal_construction_is_injective_for_any_history():

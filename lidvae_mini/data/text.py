@@ -161,11 +161,13 @@ class Vocab:
 @dataclasses.dataclass
 class TextSplit:
     """One encoded split: ``ids[i]`` is a 1-D LongTensor ``<s> ... </s>`` (length >= 3); ``z`` (N, K) true latents
-    (synthetic only), ``labels`` (Yelp only), ``n_cut`` sentences shortened by the length cap."""
+    and ``words`` (N, L) the generator's word ids (synthetic only), ``labels`` (Yelp only), ``n_cut`` sentences
+    shortened by the length cap."""
     ids: list
     n_cut: int = 0
     z: torch.Tensor | None = None
     labels: list | None = None
+    words: torch.Tensor | None = None
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -179,12 +181,14 @@ class TextSplit:
 @dataclasses.dataclass
 class TextData:
     """A text corpus: vocabulary and splits ``train``, ``valid``, ``test`` (see :class:`TextSplit`), and a
-    ``protocol`` sentence saying where each split comes from."""
+    ``protocol`` sentence saying where each split comes from; ``generator`` the synthetic data's true model
+    (:class:`SyntheticTextGenerator`, synthetic only)."""
     vocab: Vocab
     train: TextSplit
     valid: TextSplit
     test: TextSplit
     protocol: str = ""
+    generator: torch.nn.Module | None = None
 
 
 def encode_split(sentences, vocab: Vocab, max_len: int | None = None, z=None, labels=None) -> TextSplit:
@@ -309,13 +313,30 @@ class SyntheticTextGenerator(torch.nn.Module):
             self.out.weight.mul_(1.0 / math.sqrt(hidden))
         self.requires_grad_(False)
 
+    def _init_state(self, z: torch.Tensor):
+        n, H = z.shape[0], self.lstm.hidden_size
+        h = torch.tanh(self.init_h(z)).view(n, 2, H).transpose(0, 1).contiguous()
+        return h, self.init_c(z).view(n, 2, H).transpose(0, 1).contiguous()
+
+    def log_prob(self, words: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
+        """log p(words | z) under the generator, nats per sentence, ``(N,)``, for ``words`` ``(N, L)`` (ids
+        ``0..vocab_size-1``) and ``z`` ``(N, K)``. The length is fixed, so there is no end-of-sentence term.
+        Differentiable in ``z`` (the weights are frozen)."""
+        n, L = words.shape
+        if z.shape != (n, self.latent_dim):
+            raise ValueError(f"z must be ({n}, {self.latent_dim}) for words {tuple(words.shape)}, got {tuple(z.shape)}")
+        prev = torch.cat([torch.full((n, 1), self.vocab_size, dtype=torch.long, device=words.device),
+                          words[:, :-1]], 1)
+        inp = torch.cat([self.embed(prev), z.unsqueeze(1).expand(n, L, -1)], -1)
+        o, _ = self.lstm(inp, self._init_state(z))
+        logp = torch.log_softmax(self.scale * self.out(o), -1)
+        return logp.gather(-1, words.unsqueeze(-1)).squeeze(-1).sum(-1)
+
     @torch.no_grad()
     def sample(self, z: torch.Tensor, length: int = 10, generator: torch.Generator | None = None) -> torch.Tensor:
         """Words ``(N, length)`` (ids ``0..vocab_size-1``) for latents ``z`` ``(N, K)``."""
-        n, H = z.shape[0], self.lstm.hidden_size
-        h = torch.tanh(self.init_h(z)).view(n, 2, H).transpose(0, 1).contiguous()
-        c = self.init_c(z).view(n, 2, H).transpose(0, 1).contiguous()
-        tok = torch.full((n,), self.vocab_size, dtype=torch.long)
+        h, c = self._init_state(z)
+        tok = torch.full((z.shape[0],), self.vocab_size, dtype=torch.long)
         words = []
         for _ in range(length):
             inp = torch.cat([self.embed(tok), z], -1).unsqueeze(1)
@@ -340,12 +361,17 @@ def make_synthetic_text(n_train: int = 2000, n_valid: int = 500, n_test: int = 5
         n = check_int(n, "n")
         z = torch.randn(n, latent_dim, generator=g)
         w = gen.sample(z, length, generator=g)
-        splits.append(([[f"w{int(i)}" for i in row] for row in w], z))
+        splits.append(([[f"w{int(i)}" for i in row] for row in w], z, w))
     vocab = Vocab(splits[0][0])
     protocol = (f"synthetic: {n_train:,}/{n_valid:,}/{n_test:,} sentences of {length} words from a random two-layer "
                 f"LSTM language model conditioned on z ~ N(0, I_{latent_dim}), vocabulary {vocab_size:,} "
                 f"(generator seed {generator_seed}, data seed {seed})")
-    return TextData(vocab, *[encode_split(s, vocab, z=z) for s, z in splits], protocol=protocol)
+    encoded = []
+    for sentences, z, w in splits:
+        split = encode_split(sentences, vocab, z=z)
+        split.words = w
+        encoded.append(split)
+    return TextData(vocab, *encoded, protocol=protocol, generator=gen)
 
 
 def text_data_dir(data_dir=None) -> Path:

@@ -1,0 +1,70 @@
+"""lidvae_mini.text_methods: the text rows of 09_text, the decision rule of its decoder comparison, keep_best."""
+import pytest
+import torch
+
+from lidvae_mini.data.text import length_batches, make_synthetic_text
+from lidvae_mini.text import build_text_vae, elbo_eval, fit_text
+from lidvae_mini.text_methods import (LIDSVAE_DECODERS, TEXT_METHODS, build_text_method, decoder_verdicts,
+                                      generator_ceiling, run_text_method)
+
+SMALL = dict(embed_dim=8, enc_hidden=8, dec_hidden=8, icnn_hidden=((8,), (8,)))
+
+
+@pytest.fixture(scope="module")
+def synth():
+    return make_synthetic_text(120, 40, 40, seed=0, vocab_size=50)
+
+
+def test_every_method_builds_with_its_decoder(synth):
+    V = len(synth.vocab)
+    for m in TEXT_METHODS:
+        model = build_text_method(m, V, 3, **SMALL)
+        if m in LIDSVAE_DECODERS:
+            assert (model.decoder.lift is None) == (LIDSVAE_DECODERS[m] == "fixed")
+        assert model.beta == (0.2 if m == "beta_vae" else 1.0)
+    with pytest.raises(ValueError, match="method"):
+        build_text_method("lidvae", V, 3)
+
+
+def test_keep_best_restores_the_epoch_of_the_lowest_validation_loss(synth):
+    tr = length_batches(synth.train, 16, shuffle=True, seed=0)
+    va = length_batches(synth.valid, 100)
+    torch.manual_seed(0)
+    m = build_text_vae("vae", len(synth.vocab), latent_dim=3, **SMALL)
+    h = fit_text(m, tr, va, epochs=4, lr=0.05, seed=0, keep_best=True)  # a large step size: the curve is not monotone
+    best = min(range(4), key=lambda i: h["valid_nelbo"][i])
+    assert h["best_epoch"] == best + 1
+    assert -elbo_eval(m, va, seed=0)["elbo"] == pytest.approx(h["valid_nelbo"][best], rel=1e-6)
+    with pytest.raises(ValueError, match="keep_best needs"):
+        fit_text(m, tr, None, epochs=1, keep_best=True)
+
+
+def test_run_text_method_reports_curve_and_recovery(synth):
+    model, ev, hist = run_text_method("lidsvae_learned_init", synth, latent_dim=3, epochs=2, lr=3e-3, seed=0,
+                                      iwae_samples=5, knn_k=5, **SMALL)
+    assert len(ev["valid_nelbo"]) == 2 and 1 <= ev["best_epoch"] <= 2
+    assert {"r2", "r2_knn", "iwae", "au"} <= set(ev) and ev["knn_k"] == 5
+    again = run_text_method("lidsvae_learned_init", synth, latent_dim=3, epochs=2, lr=3e-3, seed=0, iwae_samples=5,
+                            knn_k=5, **SMALL)[1]
+    assert again["iwae"] == ev["iwae"] and again["valid_nelbo"] == ev["valid_nelbo"]  # seeded
+    ceiling = generator_ceiling({"lidsvae_learned_init": model}, synth, 5, n_samples=50, iwae_samples=5)
+    assert ceiling["n_sentences"] == 5 and ceiling["generator"] > ceiling["models"]["lidsvae_learned_init"]
+    assert ceiling["generator_given_true_z"] > ceiling["generator"] - 5  # the true z explains the sentence
+    with pytest.raises(ValueError, match="n_sentences"):
+        generator_ceiling({}, synth, 41)
+
+
+def test_decoder_verdicts_by_hand():
+    res = {"vae": {"iwae": [-100.0, -102.0], "au": [0, 0]},
+           "lidsvae": {"iwae": [-110.0, -112.0], "au": [3, 4]},               # 10 nats worse: does not fit
+           "lidsvae_learned_init": {"iwae": [-101.0, -102.4], "au": [1, 0]},  # fits (0.7 < 1.5), loses z on seed 1
+           "beta_vae": {"iwae": [-90.0, -90.0], "au": [5, 5]}}                # not a LIDSVAE row: ignored
+    v = decoder_verdicts(res, n_tokens=30)
+    assert set(v) == {"lidsvae", "lidsvae_learned_init"}
+    assert v["lidsvae"]["gap"] == pytest.approx(10.0) and not v["lidsvae"]["fits"] and v["lidsvae"]["keeps_latent"]
+    lv = v["lidsvae_learned_init"]
+    assert lv["margin"] == pytest.approx(1.5) and lv["fits"] and not lv["keeps_latent"] and lv["au_min"] == 0
+    with pytest.raises(ValueError, match="reference"):
+        decoder_verdicts({"lidsvae": res["lidsvae"]}, 30)
+    with pytest.raises(ValueError, match="seeds"):
+        decoder_verdicts({"vae": res["vae"], "lidsvae": {"iwae": [-1.0], "au": [1]}}, 30)
