@@ -99,6 +99,9 @@ IMAGE_ENCODERS = ("realnvp", "gaussian")
 #: The rows of the text chapter (:data:`lidvae_mini.text_methods.TEXT_METHODS`; repeated here, checked by
 #: tests/test_parameters.py).
 TEXT_METHODS = ("vae", "beta_vae", "sa_vae", "lagging", "lidsvae", "lidsvae_learned", "lidsvae_learned_init")
+#: The injective decoder constructions (:data:`lidvae_mini.decoders.DECODER_VARIANTS`; repeated here, checked by
+#: tests/test_parameters.py).
+DECODER_VARIANTS = ("fixed", "learned", "learned_init")
 #: The remedies of the Example-1 LIDGMVAE's cluster collapse (:data:`lidvae_mini.remedies.REMEDIES`; repeated here,
 #: checked by tests/test_parameters.py).
 REMEDIES = ("none", "decoder_init", "kl_y_warmup", "aggressive", "learned_beta")
@@ -157,7 +160,8 @@ SPECS: dict[str, dict[str, Spec]] = {
     "10_avae": dict(methods=List(Choice("vae", "beta_vae", "lidvae", "avae", "lid_avae"), 1), n_train=Asserted(1000),
                     n_valid=Asserted(200), n_test=Asserted(500), epochs=Asserted(6), batch_size=COUNT, lr=POSITIVE,
                     latent_dim=Int(1, MNIST_PIXELS), encoder_hidden=WIDTHS, icnn_hidden=TWO_WIDTHS, alpha=POSITIVE,
-                    kde_size=Int(2), refresh_every=COUNT, n_generate=Asserted(500), pr_k=COUNT,
+                    injective_decoder=Choice(*DECODER_VARIANTS), kde_size=Int(2), refresh_every=COUNT,
+                    n_generate=Asserted(500), pr_k=COUNT,
                     sensitivity_step=POSITIVE,
                     flat_threshold=POSITIVE, mds_points=Int(2), seed=SEED, seeds=List(SEED, 1, none=True),
                     data_dir=FOLDER, device=DEVICE, out_dir=FOLDER),

@@ -295,6 +295,28 @@ def mean_sd_text(values, digits: int = 3) -> str:
     return f"{v.mean():.{digits}f}" + (f" ± {v.std(ddof=1):.{digits}f}" if v.size > 1 else "")
 
 
+def paired_seed_table(a: dict, b: dict, keys, labels=("a", "b"), digits: int = 2):
+    """Two settings of one chapter run on the same seeds, side by side: for every method in both ``a`` and ``b``
+    (``{method: {key: [one value per seed]}}``, seeds in the same order) and every key, the mean ± sd of each and
+    the per-seed difference ``b - a`` as a range. Returns a pandas DataFrame, rows ``(method, key)``.
+
+    Raises:
+        ValueError: a method's per-seed lists of different lengths in ``a`` and ``b`` (not the same seeds).
+    """
+    import pandas as pd
+
+    rows = {}
+    for m in (m for m in a if m in b):
+        for k in keys:
+            va, vb = np.asarray(a[m][k], dtype=float), np.asarray(b[m][k], dtype=float)
+            if va.shape != vb.shape:
+                raise ValueError(f"{m} {k}: {va.size} seeds in {labels[0]} and {vb.size} in {labels[1]}")
+            d = vb - va
+            rows[(m, k)] = {labels[0]: mean_sd_text(va, digits), labels[1]: mean_sd_text(vb, digits),
+                            f"{labels[1]} − {labels[0]}, per seed": f"{d.min():.{digits}f} to {d.max():.{digits}f}"}
+    return pd.DataFrame(rows).T
+
+
 def results_dir(root: str | Path | None = None) -> Path | None:
     """The ``results/`` folder: ``root``, else the clone holding this package, else ``../results`` or
     ``./results`` from the working directory (a chapter runs in ``book/``); ``None`` if none exists."""

@@ -166,3 +166,82 @@ def decoder_verdicts(per_seed: dict, n_tokens: float, reference: str = "vae", ma
         out[k] = {"gap": gap, "margin": margin, "fits": gap <= margin, "keeps_latent": bool((au >= 1).all()),
                   "au_min": float(au.min())}
     return out
+
+
+# ------------------------------------------------------------------------------ a committed multi-seed result
+def seed_values(metrics: dict, dataset: str, key: str) -> dict:
+    """``{method: per-seed values}`` of ``key`` in an aggregated 09_text result (``results/09_text/*``), for the
+    methods of ``dataset`` (``"synthetic"`` or ``"yahoo"``) that have it."""
+    from .results import per_seed
+
+    return {k: per_seed(v[key]) for k, v in metrics[dataset].items() if key in v}
+
+
+def seed_tables(metrics: dict):
+    """Two tables (pandas DataFrames of ``"mean ± sd"`` strings over seeds, rows ``(dataset, method)``) of an
+    aggregated 09_text result: latent use and recovery (AU, KL, MI shown never below 0, linear and k-NN R^2), and
+    fit (test IWAE per sentence, perplexity, the epoch kept)."""
+    import numpy as np
+    import pandas as pd
+
+    from .results import mean_sd_text, per_seed
+
+    use, fit = {}, {}
+    for ds in ("synthetic", "yahoo"):
+        for k in (m for m in TEXT_METHODS if m in metrics[ds]):
+            res = metrics[ds][k]
+            row = (ds, TEXT_METHOD_NAMES[k])
+            use[row] = {c: mean_sd_text(np.maximum(per_seed(res[c]), 0.0) if c == "mi" else per_seed(res[c]), d)
+                        for c, d in (("au", 1), ("kl", 3), ("mi", 3), ("r2", 3), ("r2_knn", 3)) if c in res}
+            fit[row] = {c: mean_sd_text(per_seed(res[c]), d) for c, d in (("iwae", 2), ("ppl", 1), ("best_epoch", 1))}
+    return pd.DataFrame(use).T.fillna("–"), pd.DataFrame(fit).T
+
+
+def text_findings(metrics: dict) -> list[str]:
+    """The sentences 09_text states about an aggregated multi-seed result, generated from its numbers: the budget
+    rule on the sequential VAE's learning curves, the decision rule of :func:`decoder_verdicts` for every LIDSVAE
+    row, what the fixed ``beta_2`` costs per seed, and (synthetic) the generator's ceiling and the recovery of
+    the true latents."""
+    import numpy as np
+
+    from .prose import budget_sentence, count_of, fmt, span
+    from .results import per_seed
+
+    lines = []
+    for ds, label in (("synthetic", "Synthetic"), ("yahoo", "Yahoo")):
+        m = metrics[ds]
+        if "vae" not in m:
+            continue
+        node = m["vae"]["valid_nelbo"]
+        curves = node["values"] if isinstance(node, dict) else [node]  # a list kept as is: equal on every seed
+        lines.append(f"{label}: " + budget_sentence("the sequential VAE", curves))
+        tokens = float(np.mean(per_seed(m["vae"]["n_tokens"]) / per_seed(m["vae"]["n_sentences"])))
+        verdicts = decoder_verdicts({k: {"iwae": per_seed(v["iwae"]), "au": per_seed(v["au"])} for k, v in m.items()},
+                                    tokens)
+        for k, v in verdicts.items():
+            au = (f"its AU is at least 1 on every seed (smallest {fmt(v['au_min'], 0)})" if v["keeps_latent"] else
+                  f"its AU falls to {fmt(v['au_min'], 0)} on some seed")
+            lines.append(f"{label}, {TEXT_METHOD_NAMES[k]}: {fmt(v['gap'], 2)} nats per sentence below the sequential "
+                         f"VAE (margin {fmt(v['margin'], 2)}), so it {'fits' if v['fits'] else '**does not fit**'}; "
+                         f"{au}, so it {'keeps' if v['keeps_latent'] else '**does not keep**'} the latent by the rule.")
+        if "lidsvae" in m and "lidsvae_learned_init" in m:
+            d = per_seed(m["lidsvae_learned_init"]["iwae"]) - per_seed(m["lidsvae"]["iwae"])
+            lines.append(f"{label}: the learned beta_2 with the sparse initialisation minus the fixed beta_2, test IWAE "
+                         f"per seed: {span(d, 2)} nats per sentence (the learned one higher on "
+                         f"{count_of(int((d > 0).sum()), d.size)} seeds).")
+    ceil = metrics.get("ceiling")
+    if ceil and "models" in ceil:
+        gen = per_seed(ceil["generator"])
+        gaps = {k: gen - per_seed(v) for k, v in ceil["models"].items()}
+        worth = per_seed(ceil["generator_given_true_z"]) - gen
+        lines.append(f"Synthetic: the generator's own log p(x) is {span(gen, 1)} nats per sentence on the first "
+                     f"{int(per_seed(ceil['n_sentences'])[0])} test sentences; every model sits "
+                     f"{span(np.concatenate(list(gaps.values())), 1)} nats below it, and its true z is worth "
+                     f"{span(worth, 1)} nats (log p(x | true z) - log p(x)).")
+        r2 = seed_values(metrics, "synthetic", "r2")
+        knn = seed_values(metrics, "synthetic", "r2_knn")
+        if r2:
+            lines.append(f"Synthetic: the posterior means recover at most {fmt(max(v.max() for v in r2.values()), 2)} "
+                         f"of the true z's variance linearly and {fmt(max(v.max() for v in knn.values()), 2)} by "
+                         f"k-nearest neighbours, over every model and seed.")
+    return lines

@@ -57,6 +57,8 @@ def test_image_names_agree_with_the_package():
     assert parameters.REMEDIES == tuple(REMEDIES)
     from lidvae_mini.text_methods import TEXT_METHODS
     assert parameters.TEXT_METHODS == TEXT_METHODS
+    from lidvae_mini.decoders import DECODER_VARIANTS
+    assert parameters.DECODER_VARIANTS == DECODER_VARIANTS
     assert set(parameters.IMAGE_METHODS) == set(IMAGE_METHODS)
     assert set(parameters.IMAGE_ENCODERS) == set(IMAGE_ENCODERS)
     assert set(parameters.IMAGE_DATASETS) <= set(DATASETS)
