@@ -73,12 +73,13 @@ def metric_chapters() -> list[str]:
     return sorted(stems, key=lambda s: (-seconds[s], -(BOOK / f"{s}.ipynb").stat().st_size))
 
 
-#: Metrics that are not bitwise reproducible, with the reason, compared to a relative tolerance of 1e-12 instead:
-#: the R^2 of ``lidvae_mini.text.latent_r2`` (09_text) solves least squares with ``torch.linalg.lstsq``, whose
-#: LAPACK (MKL, single thread) returns results that differ in the last bits with the memory alignment of its inputs
-#: (measured: 11 of 15 element offsets of the same matrix; ``numpy.linalg.lstsq`` gave identical bits at all 15).
-#: Everything else, the trained models' numbers included, must be equal bit for bit.
-LAST_BITS = {"r2": "torch.linalg.lstsq", "r2_per_dim": "torch.linalg.lstsq"}
+#: Metrics that are not bitwise reproducible, with the reason, compared to a relative tolerance of 1e-12 instead.
+#: None at present: the R^2 of ``lidvae_mini.latent_recovery.latent_r2`` (09_text) used to solve least squares with
+#: ``torch.linalg.lstsq``, whose LAPACK (MKL, single thread) returned results that differ in the last bits with the
+#: memory alignment of its inputs (measured: 11 of 15 element offsets of the same matrix); it now uses
+#: ``numpy.linalg.lstsq``, which gave identical bits at all 15. Everything, the trained models' numbers included,
+#: must be equal bit for bit.
+LAST_BITS: dict[str, str] = {}
 
 
 def _comparable(obj):
