@@ -469,28 +469,20 @@ def fit_text(model: TextVAE, train_batches, valid_batches=None, epochs: int = 5,
     epochs = check_int(epochs, "epochs")
     if keep_best and not valid_batches:
         raise ValueError("keep_best needs valid_batches (it keeps the epoch with the lowest validation loss)")
-    best = {"nelbo": math.inf, "state": None, "epoch": 0}
     opt = torch.optim.Adam(model.parameters(), lr=lr, weight_decay=weight_decay)
     hist = {"train_loss": [], "train_kl": [], "valid_nelbo": [], "valid_kl": []}
     rng = np.random.default_rng(seed)
     loss_fn = loss_fn or (lambda mod, xb: mod.loss(xb))
+    all_params = list(model.parameters())
+    best = _BestEpoch() if keep_best else None
     if aggressive:
         from .baselines import encoder_inner_loop
         if not valid_batches:
             raise ValueError("aggressive training needs valid_batches (its phase ends on the validation MI)")
         enc_params = list(model.encoder.parameters())
-        enc_opt = torch.optim.Adam(enc_params, lr=lr, weight_decay=weight_decay)
-        dec_params = [p for p in model.parameters() if all(p is not q for q in enc_params)]
+        enc_step = _encoder_step(model, loss_fn, train_batches, rng, enc_params, lr, weight_decay, clip)
+        dec_params = [p for p in all_params if all(p is not q for q in enc_params)]
         hist["aggressive_epochs"], best_mi = 0, -math.inf
-
-        def enc_step():
-            _, xb = train_batches[int(rng.integers(len(train_batches)))]
-            lo, _ = loss_fn(model, xb)
-            enc_opt.zero_grad(set_to_none=True)
-            lo.backward()
-            torch.nn.utils.clip_grad_norm_(enc_params, clip)
-            enc_opt.step()
-            return float(lo.detach()) * xb.shape[0], xb.shape[0]
     t0 = time.perf_counter()
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
@@ -499,46 +491,20 @@ def fit_text(model: TextVAE, train_batches, valid_batches=None, epochs: int = 5,
             tot, kl, n = 0.0, 0.0, 0
             for i in rng.permutation(len(train_batches)):
                 _, x = train_batches[i]
-                if aggressive and best_mi is not None:
+                lagging = aggressive and best_mi is not None
+                if lagging:  # the encoder first, then the decoder alone
                     encoder_inner_loop(enc_step, max_inner_steps, check_every)
-                    for p in enc_params:  # the decoder step: the encoder was just updated
-                        p.requires_grad_(False)
-                    try:
-                        loss, parts = loss_fn(model, x)
-                        opt.zero_grad(set_to_none=True)
-                        loss.backward()
-                    finally:
-                        for p in enc_params:
-                            p.requires_grad_(True)
-                    if not torch.isfinite(loss):
-                        raise NonFiniteLossError(f"non-finite loss at epoch {ep}")
-                    torch.nn.utils.clip_grad_norm_(dec_params, clip)
-                    opt.step()
-                    tot += float(loss.detach()) * x.shape[0]
-                    kl += float(parts["kl"]) * x.shape[0]
-                    n += x.shape[0]
-                    continue
-                loss, parts = loss_fn(model, x)
-                if not torch.isfinite(loss):
-                    raise NonFiniteLossError(f"non-finite loss at epoch {ep}")
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                gn = torch.nn.utils.clip_grad_norm_(model.parameters(), clip)
-                if not torch.isfinite(gn):
-                    raise NonFiniteLossError(f"non-finite gradient at epoch {ep}")
-                opt.step()
-                tot += float(loss.detach()) * x.shape[0]
-                kl += float(parts["kl"]) * x.shape[0]
-                n += x.shape[0]
+                lo, k = _update(model, loss_fn, x, opt, dec_params if lagging else all_params, clip, ep,
+                                frozen=enc_params if lagging else ())
+                tot, kl, n = tot + lo * x.shape[0], kl + k * x.shape[0], n + x.shape[0]
             hist["train_loss"].append(tot / n)
             hist["train_kl"].append(kl / n)
             if valid_batches:
                 ev = elbo_eval(model, valid_batches, seed=seed)
                 hist["valid_nelbo"].append(-ev["elbo"])
                 hist["valid_kl"].append(ev["kl"])
-                if keep_best and -ev["elbo"] < best["nelbo"]:
-                    best.update(nelbo=-ev["elbo"], epoch=ep + 1,
-                                state={k: v.detach().clone() for k, v in model.state_dict().items()})
+                if best is not None:
+                    best.offer(model, -ev["elbo"], ep + 1)
             if aggressive and best_mi is not None:
                 hist["aggressive_epochs"] += 1
                 nv = sum(int(xb.shape[0]) for _, xb in valid_batches)
@@ -548,11 +514,60 @@ def fit_text(model: TextVAE, train_batches, valid_batches=None, epochs: int = 5,
             if verbose:
                 print(f"epoch {ep + 1}: loss {hist['train_loss'][-1]:.2f} kl {hist['train_kl'][-1]:.3f}")
     hist["seconds"] = time.perf_counter() - t0
-    if keep_best:
-        model.load_state_dict(best["state"])
-        hist["best_epoch"] = best["epoch"]
+    if best is not None:
+        model.load_state_dict(best.state)
+        hist["best_epoch"] = best.epoch
     model.eval()
     return hist
+
+
+def _update(model, loss_fn, x, opt, params, clip: float, epoch: int, frozen=()):
+    """One step of :func:`fit_text`: the loss of batch ``x`` (``frozen`` parameters held fixed), backward, clipping of
+    ``params`` to norm ``clip``, the optimiser's step; ``(loss, KL)`` as floats. A non-finite loss or gradient raises
+    :class:`NonFiniteLossError` before the update."""
+    for p in frozen:
+        p.requires_grad_(False)
+    try:
+        loss, parts = loss_fn(model, x)
+        if not torch.isfinite(loss):
+            raise NonFiniteLossError(f"non-finite loss at epoch {epoch}")
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+    finally:
+        for p in frozen:
+            p.requires_grad_(True)
+    if not torch.isfinite(torch.nn.utils.clip_grad_norm_(params, clip)):
+        raise NonFiniteLossError(f"non-finite gradient at epoch {epoch}")
+    opt.step()
+    return float(loss.detach()), float(parts["kl"])
+
+
+def _encoder_step(model, loss_fn, train_batches, rng, enc_params, lr, weight_decay, clip):
+    """The lagging VAE's encoder-only step on a random training batch (its own Adam), for
+    :func:`lidvae_mini.baselines.encoder_inner_loop`: returns ``(loss x batch size, batch size)``."""
+    enc_opt = torch.optim.Adam(enc_params, lr=lr, weight_decay=weight_decay)
+
+    def step():
+        _, xb = train_batches[int(rng.integers(len(train_batches)))]
+        lo, _ = loss_fn(model, xb)
+        enc_opt.zero_grad(set_to_none=True)
+        lo.backward()
+        torch.nn.utils.clip_grad_norm_(enc_params, clip)
+        enc_opt.step()
+        return float(lo.detach()) * xb.shape[0], xb.shape[0]
+    return step
+
+
+class _BestEpoch:
+    """The parameters of the epoch with the lowest validation loss seen so far (``keep_best`` of :func:`fit_text`)."""
+
+    def __init__(self):
+        self.loss, self.state, self.epoch = math.inf, None, 0
+
+    def offer(self, model, loss: float, epoch: int) -> None:
+        if loss < self.loss:
+            self.loss, self.epoch = loss, epoch
+            self.state = {k: v.detach().clone() for k, v in model.state_dict().items()}
 
 
 # -------------------------------------------------------------------------------------------------- metrics

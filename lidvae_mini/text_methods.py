@@ -18,10 +18,9 @@ from .text import build_text_vae, count_parameters, evaluate_text, fit_text, pos
 #: Method keys, in the order of the chapter's tables.
 TEXT_METHODS = ("vae", "beta_vae", "sa_vae", "lagging", "lidsvae", "lidsvae_learned", "lidsvae_learned_init")
 #: Display names.
-TEXT_METHOD_NAMES = {"vae": "sequential VAE", "beta_vae": "beta-VAE (0.2)", "sa_vae": "SA-VAE",
-                     "lagging": "lagging VAE", "lidsvae": "LIDSVAE (fixed beta_2)",
-                     "lidsvae_learned": "LIDSVAE (learned beta_2)",
-                     "lidsvae_learned_init": "LIDSVAE (learned beta_2, sparse init)"}
+TEXT_METHOD_NAMES = {"vae": "sequential VAE", "beta_vae": "β-VAE (0.2)", "sa_vae": "SA-VAE",
+                     "lagging": "lagging VAE", "lidsvae": "LIDSVAE (fixed β₂)", "lidsvae_learned": "LIDSVAE (learned β₂)",
+                     "lidsvae_learned_init": "LIDSVAE (learned β₂, init)"}
 #: The LIDSVAE rows and their decoder constructions (:func:`lidvae_mini.text.build_text_vae`'s ``decoder``).
 LIDSVAE_DECODERS = {"lidsvae": "fixed", "lidsvae_learned": "learned", "lidsvae_learned_init": "learned_init"}
 
@@ -178,23 +177,28 @@ def seed_values(metrics: dict, dataset: str, key: str) -> dict:
 
 
 def seed_tables(metrics: dict):
-    """Two tables (pandas DataFrames of ``"mean ± sd"`` strings over seeds, rows ``(dataset, method)``) of an
-    aggregated 09_text result: latent use and recovery (AU, KL, MI shown never below 0, linear and k-NN R^2), and
-    fit (test IWAE per sentence, perplexity, the epoch kept)."""
+    """Three tables (pandas DataFrames of ``"mean ± sd"`` strings over seeds) of an aggregated 09_text result: latent
+    use (AU, KL, MI shown never below 0; rows ``(dataset, method)``), recovery of the true latents (synthetic only:
+    linear and k-NN R^2) and fit (test IWAE per sentence, perplexity, the epoch kept; rows ``(dataset, method)``)."""
     import numpy as np
     import pandas as pd
 
     from .results import mean_sd_text, per_seed
 
-    use, fit = {}, {}
-    for ds in ("synthetic", "yahoo"):
-        for k in (m for m in TEXT_METHODS if m in metrics[ds]):
-            res = metrics[ds][k]
-            row = (ds, TEXT_METHOD_NAMES[k])
-            use[row] = {c: mean_sd_text(np.maximum(per_seed(res[c]), 0.0) if c == "mi" else per_seed(res[c]), d)
-                        for c, d in (("au", 1), ("kl", 3), ("mi", 3), ("r2", 3), ("r2_knn", 3)) if c in res}
-            fit[row] = {c: mean_sd_text(per_seed(res[c]), d) for c, d in (("iwae", 2), ("ppl", 1), ("best_epoch", 1))}
-    return pd.DataFrame(use).T.fillna("–"), pd.DataFrame(fit).T
+    def table(datasets, columns):
+        rows = {}
+        for ds in datasets:
+            for k in (m for m in TEXT_METHODS if m in metrics[ds]):
+                res = metrics[ds][k]
+                rows[(ds, TEXT_METHOD_NAMES[k])] = {
+                    c: mean_sd_text(np.maximum(per_seed(res[c]), 0.0) if c == "mi" else per_seed(res[c]), d)
+                    for c, d in columns if c in res}
+        return pd.DataFrame(rows).T
+
+    both = ("synthetic", "yahoo")
+    return (table(both, (("au", 1), ("kl", 3), ("mi", 3))),
+            table(("synthetic",), (("r2", 3), ("r2_knn", 3))).droplevel(0),
+            table(both, (("iwae", 2), ("ppl", 1), ("best_epoch", 1))))
 
 
 def text_findings(metrics: dict) -> list[str]:
@@ -226,7 +230,7 @@ def text_findings(metrics: dict) -> list[str]:
                          f"{au}, so it {'keeps' if v['keeps_latent'] else '**does not keep**'} the latent by the rule.")
         if "lidsvae" in m and "lidsvae_learned_init" in m:
             d = per_seed(m["lidsvae_learned_init"]["iwae"]) - per_seed(m["lidsvae"]["iwae"])
-            lines.append(f"{label}: the learned beta_2 with the sparse initialisation minus the fixed beta_2, test IWAE "
+            lines.append(f"{label}: the learned β₂ with the sparse initialisation minus the fixed β₂, test IWAE "
                          f"per seed: {span(d, 2)} nats per sentence (the learned one higher on "
                          f"{count_of(int((d > 0).sum()), d.size)} seeds).")
     ceil = metrics.get("ceiling")
