@@ -494,8 +494,8 @@ def fit_text(model: TextVAE, train_batches, valid_batches=None, epochs: int = 5,
                 lagging = aggressive and best_mi is not None
                 if lagging:  # the encoder first, then the decoder alone
                     encoder_inner_loop(enc_step, max_inner_steps, check_every)
-                lo, k = _update(model, loss_fn, x, opt, dec_params if lagging else all_params, clip, ep,
-                                frozen=enc_params if lagging else ())
+                lo, k = _update(model, loss_fn, x, opt, dec_params if lagging else all_params, clip,
+                                f"at epoch {ep}", frozen=enc_params if lagging else ())
                 tot, kl, n = tot + lo * x.shape[0], kl + k * x.shape[0], n + x.shape[0]
             hist["train_loss"].append(tot / n)
             hist["train_kl"].append(kl / n)
@@ -521,23 +521,23 @@ def fit_text(model: TextVAE, train_batches, valid_batches=None, epochs: int = 5,
     return hist
 
 
-def _update(model, loss_fn, x, opt, params, clip: float, epoch: int, frozen=()):
+def _update(model, loss_fn, x, opt, params, clip: float, where: str, frozen=()):
     """One step of :func:`fit_text`: the loss of batch ``x`` (``frozen`` parameters held fixed), backward, clipping of
     ``params`` to norm ``clip``, the optimiser's step; ``(loss, KL)`` as floats. A non-finite loss or gradient raises
-    :class:`NonFiniteLossError` before the update."""
+    :class:`NonFiniteLossError` (naming ``where``) before the update."""
     for p in frozen:
         p.requires_grad_(False)
     try:
         loss, parts = loss_fn(model, x)
         if not torch.isfinite(loss):
-            raise NonFiniteLossError(f"non-finite loss at epoch {epoch}")
+            raise NonFiniteLossError(f"non-finite loss {where}")
         opt.zero_grad(set_to_none=True)
         loss.backward()
     finally:
         for p in frozen:
             p.requires_grad_(True)
     if not torch.isfinite(torch.nn.utils.clip_grad_norm_(params, clip)):
-        raise NonFiniteLossError(f"non-finite gradient at epoch {epoch}")
+        raise NonFiniteLossError(f"non-finite gradient {where}")
     opt.step()
     return float(loss.detach()), float(parts["kl"])
 
@@ -549,12 +549,8 @@ def _encoder_step(model, loss_fn, train_batches, rng, enc_params, lr, weight_dec
 
     def step():
         _, xb = train_batches[int(rng.integers(len(train_batches)))]
-        lo, _ = loss_fn(model, xb)
-        enc_opt.zero_grad(set_to_none=True)
-        lo.backward()
-        torch.nn.utils.clip_grad_norm_(enc_params, clip)
-        enc_opt.step()
-        return float(lo.detach()) * xb.shape[0], xb.shape[0]
+        lo, _ = _update(model, loss_fn, xb, enc_opt, enc_params, clip, "in a lagging encoder step")
+        return lo * xb.shape[0], xb.shape[0]
     return step
 
 

@@ -68,3 +68,30 @@ def test_decoder_verdicts_by_hand():
         decoder_verdicts({"lidsvae": res["lidsvae"]}, 30)
     with pytest.raises(ValueError, match="seeds"):
         decoder_verdicts({"vae": res["vae"], "lidsvae": {"iwae": [-1.0], "au": [1]}}, 30)
+
+
+def test_fit_text_stops_on_a_non_finite_loss_or_gradient(synth):
+    from lidvae_mini.text import NonFiniteLossError
+
+    tr = length_batches(synth.train, 16, shuffle=True, seed=0)
+    va = length_batches(synth.valid, 100)
+    torch.manual_seed(0)
+    m = build_text_vae("vae", len(synth.vocab), latent_dim=3, **SMALL)
+    before = {k: v.clone() for k, v in m.state_dict().items()}
+
+    def nan_loss(mod, x):
+        loss, parts = mod.loss(x)
+        return loss * float("nan"), parts
+
+    def nan_gradient(mod, x):   # a finite loss whose gradient is not
+        loss, parts = mod.loss(x)
+        b = mod.encoder.head.bias
+        return loss + 0.0 * torch.sqrt(b - b.detach()).sum(), parts   # sqrt at 0: value 0, gradient inf
+
+    with pytest.raises(NonFiniteLossError, match="loss"):
+        fit_text(m, tr, va, epochs=1, loss_fn=nan_loss)
+    for kw in ({}, {"aggressive": True, "max_inner_steps": 1}):
+        with pytest.raises(NonFiniteLossError, match="gradient"):
+            fit_text(m, tr, va, epochs=1, loss_fn=nan_gradient, **kw)
+    # nothing was updated: the guard runs before the step
+    assert all(torch.equal(before[k], v) for k, v in m.state_dict().items())
