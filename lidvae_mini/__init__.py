@@ -17,12 +17,14 @@ Variable Non-identifiability", NeurIPS 2021). One concept per module:
 ``train``              one ELBO training loop: checkpoint/resume, NaN guard, evaluation
 ``mixture``            GMVAE and LIDGMVAE (paper Example 1), ELBO with the cluster summed exactly
 ``text``               sequential VAE and LIDSVAE (paper Example 2) for text, its training loop and metrics
+``text_methods``       the text rows of chapter 09 (one call each) and the decision rule on their decoders
 ``remedies``           why the Example-1 LIDGMVAE's cluster dies, and the remedies tried on it
 ``baselines``          SA-VAE (Kim et al. 2018) and aggressive/lagging training (He et al. 2019)
 ``avae``               the aggregate VAE (Saha et al.): deterministic encoder, KDE aggregate posterior, bandwidth
 ``metrics``            AU, KL, MI, importance-weighted log-likelihood, cluster accuracy
 ``sample_quality``     MNIST classifier; Frechet distance and k-NN precision/recall in its features (not FID)
 ``latent_stats``       collapsed axes, whitened leave-one-out KDE entropy, MDS picture of codes
+``latent_recovery``    against a known truth: R^2 of the true latents, the true model's log p(x)
 ``diagnose``           per-latent verdict: model collapse (flat likelihood) or inference collapse
 ``prose``              sentences generated from numbers (words, ranges, ordinals, result tags)
 ``data``               data directory, shipped official inputs, loaders, ``python -m lidvae_mini.data.download``
