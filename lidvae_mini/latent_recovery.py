@@ -170,7 +170,8 @@ def generator_log_likelihood(log_prob, words: torch.Tensor, latent_dim: int, z_t
     K, N = check_int(latent_dim, "latent_dim"), words.shape[0]
     if z_true is not None and tuple(z_true.shape) != (N, K):
         raise ValueError(f"z_true must be ({N}, {K}), got {tuple(z_true.shape)}")
-    n_samples, chunk, n_starts = check_int(n_samples, "n_samples"), check_int(chunk, "chunk"), check_int(n_starts, "n_starts")
+    n_samples, chunk = check_int(n_samples, "n_samples"), check_int(chunk, "chunk")
+    n_starts = check_int(n_starts, "n_starts")
     check_positive(inflate, "inflate")
     if not 0.0 < prior_weight < 1.0:
         raise ValueError(f"prior_weight must be in (0, 1), got {prior_weight!r}")

@@ -130,7 +130,8 @@ def generator_ceiling(models: dict, data, n_sentences: int, n_samples: int = 500
     ess = res["ess_fraction"]
     with torch.no_grad():
         given_z = float(gen.log_prob(data.test.words[:n], data.test.z[:n].double()).mean())
-    return {"generator": res["mean"], "generator_se": res["se"], "generator_given_true_z": given_z, "ess_fraction_median": float(ess.median()),
+    return {"generator": res["mean"], "generator_se": res["se"], "generator_given_true_z": given_z,
+            "ess_fraction_median": float(ess.median()),
             "ess_fraction_below_1pc": float((ess < 0.01).double().mean()), "proposal": res["proposal"],
             "n_sentences": n, "models": models_ll}
 
