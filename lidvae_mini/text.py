@@ -10,13 +10,13 @@ likelihood is injective". A categorical distribution is *not* injective in ``V``
 ``eta + c·1`` give the same distribution. :class:`LIDSDecoder` therefore uses the minimal parameterisation
 (``construction="minimal"``): the logit of token 0 (``<pad>``, never a target) is fixed at 0 and ``g_2`` acts on
 ``R^{V-1}``; then ``log p_j - log p_0 = eta_j`` recovers ``eta`` from the distribution, and ``z -> eta`` is
-injective (strongly monotone Brenier maps, a zero-padding ``beta_2``), so ``z -> p(x_t | z, x_<t)`` is injective
-for every history. ``construction="naive"`` (``V`` free logits, as the official code) is kept to show the gap:
+injective (strongly monotone Brenier maps, a ``beta_2`` of full rank: the paper's zero-one padding or a learned
+:class:`~lidvae_mini.decoders.FullRankLift`), so ``z -> p(x_t | z, x_<t)`` is injective for every history. ``construction="naive"`` (``V`` free logits, as the official code) is kept to show the gap:
 :class:`QuadraticBrenierMap` gives a valid Brenier map under which two different ``z`` give the same distribution.
 
 The training loop :func:`fit_text` is separate from :func:`lidvae_mini.train.fit`, which takes fixed-size float
 arrays; it keeps ``fit``'s guarantees that matter at ``ci`` scale (explicit seed, clipping over all parameters,
-NaN guard) but has no checkpoint/resume. The text baselines reuse :mod:`lidvae_mini.baselines`: SA-VAE through
+NaN guard, the epoch of the lowest validation loss kept on request) but has no checkpoint/resume. The text baselines reuse :mod:`lidvae_mini.baselines`: SA-VAE through
 :func:`~lidvae_mini.baselines.svi_refine` (:func:`sa_text_loss`), the lagging VAE through
 :func:`~lidvae_mini.baselines.encoder_inner_loop` (``fit_text(..., aggressive=True)``).
 """
