@@ -104,10 +104,13 @@ def _differences(a, b, path="metrics", rtol=0.0) -> list[str]:
     return [] if a == b and type(a) is type(b) else [f"{path}: {a!r} != {b!r}"]
 
 
-def test_comparison_is_exact_except_the_stated_last_bits():
+def test_comparison_is_exact_except_the_stated_last_bits(monkeypatch):
     assert _differences({"kl": 0.1, "n": [1, 2]}, {"kl": 0.1, "n": [1, 2]}) == []
     assert _differences({"kl": 0.1}, {"kl": 0.1 + 2 ** -56}) and _differences({"n": 1}, {"n": 1.0})
     last_bits = {"x": {"r2": 0.5 + 1e-16, "r2_per_dim": [0.25 - 1e-16]}}
+    assert _differences({"x": {"r2": 0.5, "r2_per_dim": [0.25]}}, last_bits)     # exact while LAST_BITS is empty
+    monkeypatch.setitem(LAST_BITS, "r2", "example")
+    monkeypatch.setitem(LAST_BITS, "r2_per_dim", "example")
     assert _differences({"x": {"r2": 0.5, "r2_per_dim": [0.25]}}, last_bits) == []
     assert _differences({"r2": 0.5}, {"r2": 0.5001}) and _differences({"r2": 0.5}, {"r2": None})
 
