@@ -156,7 +156,7 @@ SPECS: dict[str, dict[str, Spec]] = {
                     alpha=POSITIVE, beta_small=POSITIVE, sa_svi_steps=COUNT, lagging_inner_steps=COUNT,
                     lr=POSITIVE, batch_size=COUNT, iwae_samples=COUNT, yahoo_n=Int(0), yahoo_n_valid=COUNT,
                     yahoo_n_test=COUNT, yahoo_vocab=Int(5), yahoo_max_len=COUNT, yahoo_latent_dim=COUNT,
-                    yahoo_epochs=COUNT, n_interp=Int(2), seed=SEED, data_dir=FOLDER, out_dir=FOLDER),
+                    yahoo_epochs=COUNT, yelp_n=Int(0), n_interp=Int(2), seed=SEED, data_dir=FOLDER, out_dir=FOLDER),
     "10_avae": dict(methods=List(Choice("vae", "beta_vae", "lidvae", "avae", "lid_avae"), 1), n_train=Asserted(1000),
                     n_valid=Asserted(200), n_test=Asserted(500), epochs=Asserted(6), batch_size=COUNT, lr=POSITIVE,
                     latent_dim=Int(1, MNIST_PIXELS), encoder_hidden=WIDTHS, icnn_hidden=TWO_WIDTHS, alpha=POSITIVE,

@@ -10,9 +10,14 @@ for the ``K + H`` inputs ``beta_2`` lifts. All share the encoder, the optimiser 
 """
 from __future__ import annotations
 
+import copy
+
+import numpy as np
+import torch
+
 from ._checks import check_choice
-from .data.text import length_batches
-from .latent_recovery import latent_recovery
+from .data.text import TextSplit, length_batches
+from .latent_recovery import generator_log_likelihood, latent_recovery
 from .text import build_text_vae, count_parameters, evaluate_text, fit_text, posterior_stats, sa_text_loss
 
 #: Method keys, in the order of the chapter's tables.
@@ -69,8 +74,6 @@ def run_text_method(method: str, data, *, latent_dim: int, epochs: int, lr: floa
     Raises:
         ValueError: unknown ``method``; the checks of the functions it calls.
     """
-    import torch
-
     check_choice(method, "method", TEXT_METHODS)
     torch.manual_seed(seed)
     model = build_text_method(method, len(data.vocab), latent_dim, beta_small, **model_kw)
@@ -86,6 +89,21 @@ def run_text_method(method: str, data, *, latent_dim: int, epochs: int, lr: floa
         mu_te, _ = posterior_stats(model, test, len(data.test))
         ev.update(latent_recovery(mu_tr, data.train.z, mu_te, data.test.z, k=knn_k))
     return model, ev, hist
+
+
+def run_corpus(methods, data, **run_kw) -> tuple[dict, dict, dict]:
+    """:func:`run_text_method` for each of ``methods`` on one corpus, in order, with the same arguments ``run_kw``.
+    Returns ``(models, metrics, histories)``, each a dict keyed by method.
+
+    Raises:
+        ValueError: an unknown method (checked for all before any training).
+    """
+    for m in methods:
+        check_choice(m, "method", TEXT_METHODS)
+    models, metrics, histories = {}, {}, {}
+    for m in methods:
+        models[m], metrics[m], histories[m] = run_text_method(m, data, **run_kw)
+    return models, metrics, histories
 
 
 def generator_ceiling(models: dict, data, n_sentences: int, n_samples: int = 500, iwae_samples: int = 100,
@@ -104,13 +122,6 @@ def generator_ceiling(models: dict, data, n_sentences: int, n_samples: int = 500
     Raises:
         ValueError: data without a generator (not synthetic); ``n_sentences`` not in ``1..len(test)``.
     """
-    import copy
-
-    import torch
-
-    from .data.text import TextSplit
-    from .latent_recovery import generator_log_likelihood
-
     if getattr(data, "generator", None) is None or data.test.words is None:
         raise ValueError("the generator's ceiling needs synthetic data (make_synthetic_text keeps the generator)")
     if not 1 <= int(n_sentences) <= len(data.test):
@@ -149,8 +160,6 @@ def decoder_verdicts(per_seed: dict, n_tokens: float, reference: str = "vae", ma
     Raises:
         ValueError: the reference row missing, seeds that differ in number.
     """
-    import numpy as np
-
     if reference not in per_seed:
         raise ValueError(f"the reference row {reference!r} is missing (rows: {sorted(per_seed)})")
     ref = np.asarray(per_seed[reference]["iwae"], dtype=float)
@@ -169,9 +178,18 @@ def decoder_verdicts(per_seed: dict, n_tokens: float, reference: str = "vae", ma
 
 
 # ------------------------------------------------------------------------------ a committed multi-seed result
+#: The datasets of a 09_text result (its metrics' keys) and their names in sentences.
+TEXT_DATASETS = {"synthetic": "Synthetic", "yahoo": "Yahoo", "yelp": "Yelp"}
+
+
+def _datasets(metrics: dict) -> list[str]:
+    """The datasets of :data:`TEXT_DATASETS` with rows in ``metrics`` (a result from before Yelp has no key)."""
+    return [ds for ds in TEXT_DATASETS if metrics.get(ds)]
+
+
 def seed_values(metrics: dict, dataset: str, key: str) -> dict:
     """``{method: per-seed values}`` of ``key`` in an aggregated 09_text result (``results/09_text/*``), for the
-    methods of ``dataset`` (``"synthetic"`` or ``"yahoo"``) that have it."""
+    methods of ``dataset`` (a key of :data:`TEXT_DATASETS`) that have it."""
     from .results import per_seed
 
     return {k: per_seed(v[key]) for k, v in metrics[dataset].items() if key in v}
@@ -179,9 +197,9 @@ def seed_values(metrics: dict, dataset: str, key: str) -> dict:
 
 def seed_tables(metrics: dict):
     """Three tables (pandas DataFrames of ``"mean ± sd"`` strings over seeds) of an aggregated 09_text result: latent
-    use (AU, KL, MI shown never below 0; rows ``(dataset, method)``), recovery of the true latents (synthetic only:
-    linear and k-NN R^2) and fit (test IWAE per sentence, perplexity, the epoch kept; rows ``(dataset, method)``)."""
-    import numpy as np
+    use (AU, KL, MI shown never below 0; rows ``(dataset, method)`` for each dataset with rows), recovery of the true
+    latents (synthetic only: linear and k-NN R^2) and fit (test IWAE per sentence, perplexity, the epoch kept; rows
+    ``(dataset, method)``)."""
     import pandas as pd
 
     from .results import mean_sd_text, per_seed
@@ -196,10 +214,10 @@ def seed_tables(metrics: dict):
                     for c, d in columns if c in res}
         return pd.DataFrame(rows).T
 
-    both = ("synthetic", "yahoo")
-    return (table(both, (("au", 1), ("kl", 3), ("mi", 3))),
+    present = _datasets(metrics)
+    return (table(present, (("au", 1), ("kl", 3), ("mi", 3))),
             table(("synthetic",), (("r2", 3), ("r2_knn", 3))).droplevel(0),
-            table(both, (("iwae", 2), ("ppl", 1), ("best_epoch", 1))))
+            table(present, (("iwae", 2), ("ppl", 1), ("best_epoch", 1))))
 
 
 def text_findings(metrics: dict) -> list[str]:
@@ -207,14 +225,12 @@ def text_findings(metrics: dict) -> list[str]:
     rule on the sequential VAE's learning curves, the decision rule of :func:`decoder_verdicts` for every LIDSVAE
     row, what the fixed ``beta_2`` costs per seed, and (synthetic) the generator's ceiling and the recovery of
     the true latents."""
-    import numpy as np
-
     from .prose import budget_sentence, count_of, fmt, span
     from .results import per_seed
 
     lines = []
-    for ds, label in (("synthetic", "Synthetic"), ("yahoo", "Yahoo")):
-        m = metrics[ds]
+    for ds in _datasets(metrics):
+        m, label = metrics[ds], TEXT_DATASETS[ds]
         if "vae" not in m:
             continue
         node = m["vae"]["valid_nelbo"]

@@ -2,10 +2,10 @@
 import pytest
 import torch
 
-from lidvae_mini.data.text import length_batches, make_synthetic_text
+from lidvae_mini.data.text import length_batches, load_yelp, make_synthetic_text
 from lidvae_mini.text import build_text_vae, elbo_eval, fit_text
 from lidvae_mini.text_methods import (LIDSVAE_DECODERS, TEXT_METHODS, build_text_method, decoder_verdicts,
-                                      generator_ceiling, run_text_method)
+                                      generator_ceiling, run_corpus, run_text_method, seed_tables, text_findings)
 
 SMALL = dict(embed_dim=8, enc_hidden=8, dec_hidden=8, icnn_hidden=((8,), (8,)))
 
@@ -52,6 +52,48 @@ def test_run_text_method_reports_curve_and_recovery(synth):
     assert ceiling["generator_given_true_z"] > ceiling["generator"] - 5  # the true z explains the sentence
     with pytest.raises(ValueError, match="n_sentences"):
         generator_ceiling({}, synth, 41)
+
+
+def test_run_corpus_runs_every_row_on_a_labelled_corpus(tmp_path):
+    """A Yelp-format corpus (label<TAB>text, no true latents) through the rows 09_text runs on Yahoo and Yelp."""
+    (tmp_path / "yelp").mkdir()
+    words = "the food was good bad service never again great place slow staff".split()
+    rng = torch.Generator().manual_seed(0)
+    for name, n in (("yelp.train.txt", 60), ("yelp.valid.txt", 20), ("yelp.test.txt", 20)):
+        lines = (" ".join(words[i] for i in torch.randint(len(words), (6,), generator=rng)) for _ in range(n))
+        (tmp_path / "yelp" / name).write_text("".join(f"{j % 5}\t{t}\n" for j, t in enumerate(lines)))
+    data = load_yelp(tmp_path, n_train=50)
+    assert len(data.train) == 50 and data.test.z is None
+    methods = ["vae", "lidsvae"]
+    with pytest.raises(ValueError, match="method"):
+        run_corpus(methods + ["lidvae"], data, latent_dim=2, epochs=1, lr=3e-3, seed=0)  # refused before training
+    models, res, hist = run_corpus(methods, data, latent_dim=2, epochs=1, lr=3e-3, seed=0, iwae_samples=3, **SMALL)
+    assert list(models) == list(res) == list(hist) == methods
+    assert all({"iwae", "au", "valid_nelbo"} <= set(v) and "r2" not in v for v in res.values())
+
+
+def test_seed_tables_and_findings_cover_the_datasets_present():
+    def agg(values):
+        return {"mean": sum(values) / len(values), "sd": 0.0, "n": len(values), "values": values}
+
+    def rows(iwae_vae, iwae_lid):
+        return {k: {"iwae": agg(iw), "au": agg(au), "kl": agg([1.0, 1.0]), "mi": agg([0.1, -0.1]),
+                    "ppl": agg([50.0, 50.0]), "best_epoch": agg([3, 3]), "n_tokens": agg([300.0, 300.0]),
+                    "n_sentences": agg([10.0, 10.0]), "valid_nelbo": {"values": [[5.0, 4.0, 4.0]] * 2}}
+                for k, iw, au in (("vae", iwae_vae, [0, 0]), ("lidsvae", iwae_lid, [2, 3]))}
+
+    synthetic = rows([-45.0, -45.0], [-45.5, -45.5])
+    for k in synthetic:
+        synthetic[k] |= {"r2": agg([0.1, 0.1]), "r2_knn": agg([0.05, 0.05])}
+    old = {"synthetic": synthetic, "yahoo": rows([-140.0, -141.0], [-150.0, -150.0])}   # a result from before Yelp
+    latent_use, recovery, fit = seed_tables(old)
+    assert {ds for ds, _ in fit.index} == {"synthetic", "yahoo"} and len(recovery) == 2
+    with_yelp = old | {"yelp": rows([-200.0, -200.0], [-200.5, -201.5])}
+    assert {ds for ds, _ in seed_tables(with_yelp)[0].index} == {"synthetic", "yahoo", "yelp"}
+    lines = text_findings(with_yelp)
+    yelp = [line for line in lines if line.startswith("Yelp, LIDSVAE")]
+    assert len(yelp) == 1 and "1.00 nats per sentence below" in yelp[0] and "so it fits" in yelp[0]
+    assert any(line.startswith("Yahoo, LIDSVAE") and "does not fit" in line for line in lines)
 
 
 def test_decoder_verdicts_by_hand():
