@@ -640,19 +640,53 @@ def diagnose(model, x, *, n_samples: int = 8, batch_size: int = 100, kl_threshol
 
     Source: paper Definition 2, Theorem 1 (§2.1) and the AU/KL metrics of §4.1; the book's chapter 11.
     """
-    # ---- validate everything first
-    mixture = _is_mixture(model)
-    if not mixture:
-        missing = [a for a in _PROTOCOL if not hasattr(model, a)]
-        if missing:
-            raise TypeError(f"cannot diagnose a {type(model).__name__}: it lacks {', '.join(missing)} (wrap a plain "
-                            f"decoder and encoder in lidvae_mini.diagnose.TorchModel)")
+    mixture, x, th, kl_method = _checked_inputs(model, x, kl, kl_threshold, au_threshold, n_se)
     n_samples = check_int(n_samples, "n_samples")
     batch_size = check_int(batch_size, "batch_size")
     kl_samples = check_int(kl_samples, "kl_samples", minimum=2)
     iwae_samples = check_int(iwae_samples, "iwae_samples")
     max_rows = check_int(max_rows, "max_rows")
     seed = check_int(seed, "seed", minimum=0)
+    N, K = x.shape[0], model.latent_dim
+    names = [f"z{k + 1}" for k in range(K)] if not mixture else [f"w{k + 1}" for k in range(K)] + ["y"]
+
+    # ---- compute, batched over points
+    was_training = getattr(model, "training", None)
+    if was_training is not None:
+        model.eval()
+    like = _like(model)
+    devices = [like.device.index or 0] if like.device.type == "cuda" else []
+    rows, scale = [], 0.0
+    bar = _progress_bar(N, progress, f"diagnose {type(model).__name__}")
+    try:
+        with torch.random.fork_rng(devices=devices):
+            torch.manual_seed(seed)
+            for start in range(0, N, batch_size):
+                xb = x[start:start + batch_size]
+                *batch, sc = _batch_rows(model, xb, mixture, n_samples, iwae_samples, max_rows, kl_method, kl_samples)
+                rows.append([None if r is None else r.double().cpu() for r in batch])
+                scale += float(sc) * xb.shape[0]
+                if bar is not None:
+                    bar.update(xb.shape[0])
+    finally:
+        if bar is not None:
+            bar.close()
+        if was_training:
+            model.train()
+    v_pts, drop_pts, kl_pts, means, probs = (None if c[0] is None else torch.cat(c) for c in zip(*rows))
+    return _diagnosis(v_pts, drop_pts, kl_pts, means, probs, scale / N, torch.finfo(like.dtype).eps, th,
+                      names=names, kl_method=kl_method, n_points=N, n_samples=n_samples, model=type(model).__name__)
+
+
+def _checked_inputs(model, x, kl, kl_threshold, au_threshold, n_se):
+    """``diagnose``'s checks of the model, the data and the thresholds, before any compute. Returns ``(mixture,
+    x as a tensor of the model's dtype, Thresholds, the KL method)``; raises as :func:`diagnose` states."""
+    mixture = _is_mixture(model)
+    if not mixture:
+        missing = [a for a in _PROTOCOL if not hasattr(model, a)]
+        if missing:
+            raise TypeError(f"cannot diagnose a {type(model).__name__}: it lacks {', '.join(missing)} (wrap a plain "
+                            f"decoder and encoder in lidvae_mini.diagnose.TorchModel)")
     th = Thresholds(kl=check_positive(kl_threshold, "kl_threshold"), au=check_positive(au_threshold, "au_threshold"),
                     n_se=float(n_se))
     if not (math.isfinite(th.n_se) and th.n_se >= 0):
@@ -674,77 +708,56 @@ def diagnose(model, x, *, n_samples: int = 8, batch_size: int = 100, kl_threshol
     if x.ndim != 2:
         raise ValueError(f"x must have shape (N, D), got {tuple(x.shape)}")
     model.check_x(x)
-    N = x.shape[0]
-    if N < 2:
-        raise ValueError(f"diagnose needs at least 2 points (variances over x), got {N}")
-    K = model.latent_dim
-    names = [f"z{k + 1}" for k in range(K)] if not mixture else [f"w{k + 1}" for k in range(K)] + ["y"]
+    if x.shape[0] < 2:
+        raise ValueError(f"diagnose needs at least 2 points (variances over x), got {x.shape[0]}")
+    return mixture, x, th, kl_method
 
-    # ---- compute, batched over points
-    was_training = getattr(model, "training", None)
-    if was_training is not None:
-        model.eval()
-    devices = [like.device.index or 0] if like.device.type == "cuda" else []
-    v_pts, drop_pts, kl_pts, means, probs_all, scale = [], [], [], [], [], 0.0
-    bar = _progress_bar(N, progress, f"diagnose {type(model).__name__}")
-    try:
-        with torch.random.fork_rng(devices=devices):
-            torch.manual_seed(seed)
-            for start in range(0, N, batch_size):
-                xb = x[start:start + batch_size]
-                if mixture:
-                    v, drop, klb, sc, probs = _mixture_rows(model, xb, n_samples, iwae_samples, max_rows, kl_method,
-                                                            kl_samples)
-                    probs_all.append(probs.double().cpu())
-                else:
-                    z, _ = model.sample_posterior(xb, n_samples)
-                    z = z.detach()
-                    base = model.log_likelihood(xb, z)                                  # (S, B)
-                    a, b = torch.randn_like(z), torch.randn_like(z)
-                    la, lb = _swap_eval(model.log_likelihood, xb, z, a, b, max_rows)     # (K, S, B)
-                    v = (0.5 * (la - lb) ** 2).mean(1).T
-                    drop = (base.unsqueeze(0) - 0.5 * (la + lb)).mean(1).T
-                    if kl_method == "analytic":
-                        klb = model.kl_per_dim(xb)
-                    else:
-                        klb = _moment_kl(model.sample_posterior(xb, kl_samples)[0].detach())
-                    sc = base.abs().mean()
-                v_pts.append(v.double().cpu())
-                drop_pts.append(drop.double().cpu())
-                kl_pts.append(klb.double().cpu())
-                means.append(model.encode_mean(xb).double().cpu())
-                scale += float(sc) * xb.shape[0]
-                if bar is not None:
-                    bar.update(xb.shape[0])
-    finally:
-        if bar is not None:
-            bar.close()
-        if was_training:
-            model.train()
-    v_pts = torch.cat(v_pts).numpy()
+
+def _batch_rows(model, xb, mixture, n_samples, iwae_samples, max_rows, kl_method, kl_samples):
+    """One batch of ``diagnose``: per point and row, the swap variance ``V`` and the reconstruction drop (each
+    ``(B, rows)``), the per-dimension KL, the posterior means, ``q(y|x)`` (mixtures; else ``None``) and the mean
+    ``|log p(x|z)|`` (the scale of the flatness test)."""
+    if mixture:
+        v, drop, klb, sc, probs = _mixture_rows(model, xb, n_samples, iwae_samples, max_rows, kl_method, kl_samples)
+        return v, drop, klb, model.encode_mean(xb), probs, sc
+    z = model.sample_posterior(xb, n_samples)[0].detach()
+    base = model.log_likelihood(xb, z)                                  # (S, B)
+    a, b = torch.randn_like(z), torch.randn_like(z)
+    la, lb = _swap_eval(model.log_likelihood, xb, z, a, b, max_rows)     # (K, S, B)
+    v = (0.5 * (la - lb) ** 2).mean(1).T
+    drop = (base.unsqueeze(0) - 0.5 * (la + lb)).mean(1).T
+    if kl_method == "analytic":
+        klb = model.kl_per_dim(xb)
+    else:
+        klb = _moment_kl(model.sample_posterior(xb, kl_samples)[0].detach())
+    return v, drop, klb, model.encode_mean(xb), None, base.abs().mean()
+
+
+def _diagnosis(v_pts, drop_pts, kl_pts, means, probs, scale, eps, th, **info) -> Diagnosis:
+    """The per-row statistics and verdicts of ``diagnose`` from its per-point float64 tensors (``(N, rows)``;
+    ``probs``: ``q(y|x)`` ``(N, C)`` of a mixture, else ``None``; ``scale``: mean ``|log p(x|z)|``; ``eps``: the
+    model dtype's machine epsilon)."""
+    v_pts, rec_drop, kl_pts, centred = v_pts.numpy(), drop_pts.mean(0).numpy(), kl_pts.numpy(), means.numpy()
     if not np.all(np.isfinite(v_pts)):
         raise ValueError("the log-likelihood is not finite at some prior draws (a decoder that overflows?)")
+    N = v_pts.shape[0]
     s, se = _sens_stats(v_pts)
-    rec_drop = torch.cat(drop_pts).mean(0).numpy()
-    kl_k, kl_se = mean_and_standard_error(torch.cat(kl_pts).numpy())
-    centred = torch.cat(means).numpy()
-    if mixture:   # the cluster row's AU statistic: the largest variance over clusters of q(y|x)
-        probs = torch.cat(probs_all).numpy()
+    kl_k, kl_se = mean_and_standard_error(kl_pts)
+    if probs is not None:   # the cluster row's AU statistic: the largest variance over clusters of q(y|x)
+        probs = probs.numpy()
         centred = np.concatenate([centred, probs[:, [int(np.argmax(probs.var(0)))]]], 1)
     au_var, au_se = mean_and_standard_error((centred - centred.mean(0)) ** 2 * N / (N - 1))
     # flat: zero to floating-point precision, relative to the size of log p(x|z)
-    eps = torch.finfo(like.dtype).eps
     # (on |V_i|: the cluster row's per-point estimates can be negative, and a negative mean is noise, not flatness)
-    flat = np.sqrt(np.abs(v_pts).mean(0)) <= 10.0 * eps * max(scale / N, 1.0)
+    flat = np.sqrt(np.abs(v_pts).mean(0)) <= 10.0 * eps * max(scale, 1.0)
     significant = (s >= th.n_se * se) & ~flat
     identifiable = (s >= th.sensitivity) & significant
     active = au_var >= th.au
     used = active & (kl_k >= th.kl)
     verdict, borderline = _verdicts(s, se, kl_k, kl_se, au_var, au_se, significant, th)
-    return Diagnosis(names=names, sensitivity=s, sensitivity_se=se, rec_drop=rec_drop, kl=kl_k, au_variance=au_var,
-                     flat=flat, identifiable=identifiable, active=active, used=used, verdict=verdict, thresholds=th,
-                     kl_method=kl_method, n_points=N, n_samples=n_samples, model=type(model).__name__, kl_se=kl_se,
-                     au_variance_se=au_se, borderline=borderline)
+    return Diagnosis(sensitivity=s, sensitivity_se=se, rec_drop=rec_drop, kl=kl_k, au_variance=au_var, flat=flat,
+                     identifiable=identifiable, active=active, used=used, verdict=verdict, thresholds=th, kl_se=kl_se,
+                     au_variance_se=au_se, borderline=borderline, **info)
 
 
 # ------------------------------------------------------------------------------------------------ the figure
