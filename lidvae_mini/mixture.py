@@ -559,26 +559,8 @@ def build_mixture_vae(kind: str, data_dim: int, latent_dim: int, num_clusters: i
             means = default_prior_means(C, K, check_positive(prior_radius, "prior_radius"))
         else:
             means = torch.randn(C, K)
-        # the reference size: the injective decoder with these widths (its count does not need K <= D)
-        ref = InjectiveDecoder(min(K, D), D, hidden1, hidden2, alpha=alpha, **head_kw, **dict(decoder_kwargs or {}))
-        if kind == "lidgmvae":
-            dec = ref
-            n_ref = count_parameters(ref)
-            match = {"decoder_params": n_ref, "reference_params": n_ref, "within_10pct": True}
-        else:
-            n_ref = count_parameters(ref)
-            ok = True
-            if mlp_hidden is None:
-                scale_learned = head == "gaussian" and fixed_scale is None and learn_scale
-                mlp_hidden, ok = _matched_mlp(n_ref, K, D, depth, head, scale_learned)
-                if not ok:
-                    warnings.warn(f"no MLP decoder with {depth} hidden layer(s) is within 10% of the injective "
-                                  f"decoder's {n_ref} parameters; using the closest, width {mlp_hidden[0]}",
-                                  UserWarning, stacklevel=2)
-            dec = MLPDecoder(K, D, mlp_hidden, **head_kw, **dict(mlp_kwargs or {}))
-            n_dec = count_parameters(dec)
-            match = {"decoder_params": n_dec, "reference_params": n_ref,
-                     "within_10pct": abs(n_dec - n_ref) <= 0.1 * n_ref}
+        dec, match = _mixture_decoder(kind, K, D, depth, hidden1, hidden2, alpha, head_kw, mlp_hidden,
+                                      dict(decoder_kwargs or {}), dict(mlp_kwargs or {}))
         log_scales = torch.full((C, K), math.log(check_positive(prior_scale, "prior_scale")))
         if prior == "example1":
             model = MixtureVAE(cluster_net, enc, dec, C, beta=beta, prior_log_scales=log_scales, prior="example1",
@@ -589,6 +571,29 @@ def build_mixture_vae(kind: str, data_dim: int, latent_dim: int, num_clusters: i
     model.kind = kind
     model.size_match = match
     return model
+
+
+def _mixture_decoder(kind, K, D, depth, hidden1, hidden2, alpha, head_kw, mlp_hidden, decoder_kwargs, mlp_kwargs):
+    """The decoder of :func:`build_mixture_vae` and its size match (``(decoder, {"decoder_params",
+    "reference_params", "within_10pct"})``): the injective decoder for ``"lidgmvae"``, else an MLP with
+    ``mlp_hidden`` or, when it is None, the ``depth``-layer width closest in parameters to that injective decoder
+    (a ``UserWarning`` when none is within 10%). The injective decoder is built in both cases, so every kind draws
+    the same random numbers before its decoder."""
+    # the reference size: the injective decoder with these widths (its count does not need K <= D)
+    ref = InjectiveDecoder(min(K, D), D, hidden1, hidden2, alpha=alpha, **head_kw, **decoder_kwargs)
+    n_ref = count_parameters(ref)
+    if kind == "lidgmvae":
+        return ref, {"decoder_params": n_ref, "reference_params": n_ref, "within_10pct": True}
+    if mlp_hidden is None:
+        scale_learned = head_kw["head"] == "gaussian" and head_kw["fixed_scale"] is None and head_kw["learn_scale"]
+        mlp_hidden, ok = _matched_mlp(n_ref, K, D, depth, head_kw["head"], scale_learned)
+        if not ok:
+            warnings.warn(f"no MLP decoder with {depth} hidden layer(s) is within 10% of the injective "
+                          f"decoder's {n_ref} parameters; using the closest, width {mlp_hidden[0]}",
+                          UserWarning, stacklevel=3)
+    dec = MLPDecoder(K, D, mlp_hidden, **head_kw, **mlp_kwargs)
+    n_dec = count_parameters(dec)
+    return dec, {"decoder_params": n_dec, "reference_params": n_ref, "within_10pct": abs(n_dec - n_ref) <= 0.1 * n_ref}
 
 
 @torch.no_grad()
