@@ -632,32 +632,16 @@ def run_sweep(chapter: str, specs: list[RunSpec], book: str | Path | None = None
                 for ref in ready:
                     spec, attempt = pending.pop(ref)
                     outcome = outcomes[spec]
-                    outcome.attempts = attempt
-                    try:
-                        result = ray.get(ref)
-                    except Exception as err:   # noqa: BLE001 - Ray's retries exhausted (worker or node lost)
-                        result = {"error": f"{type(err).__name__} after {system_retries} Ray retries: "
-                                           f"{str(err).strip()[-1000:]}", "files": {}, "node": None, "wall_s": None}
-                    outcome.node, outcome.wall_s = result.get("node"), result.get("wall_s")
-                    record = {"grid_point": dict(spec.point), "label": spec.label, "seed": spec.seed,
-                              "attempt": attempt, "max_attempts": retries + 1, "node": outcome.node,
-                              "ray_address": address_text, "num_cpus": spec.num_cpus, "num_gpus": spec.num_gpus}
-                    if result["error"] is None:
-                        _write_run_folder(spec, result["files"], record)
-                        if run_state(spec.folder) != "completed":
-                            result["error"] = f"the run's folder {spec.folder} is not a finished run after writing"
-                    else:
-                        record["error"] = result["error"]
-                        _write_run_folder(spec, result["files"], record)
+                    error = _settle(outcome, attempt, _fetch(ray, ref, system_retries), address_text, retries)
                     name = f"{spec.label}/seed_{spec.seed}"
-                    if result["error"] is None:
+                    if error is None:
                         outcome.status = "completed"
                         bar.update(1)
                         bar.write(f"completed {name} (attempt {attempt}, {outcome.wall_s} s, {outcome.node})",
                                   file=stream)
                     else:
-                        outcome.errors.append(result["error"])
-                        first = result["error"].splitlines()[0][:200]
+                        outcome.errors.append(error)
+                        first = error.splitlines()[0][:200]
                         if attempt <= retries:
                             bar.write(f"failed {name} (attempt {attempt} of {retries + 1}), retrying: {first}",
                                       file=stream)
@@ -679,6 +663,33 @@ def run_sweep(chapter: str, specs: list[RunSpec], book: str | Path | None = None
         if ray_home is not None:
             shutil.rmtree(ray_home, ignore_errors=True)
     return [outcomes[s] for s in specs]
+
+
+def _fetch(ray, ref, system_retries: int) -> dict:
+    """The result of a finished Ray task, or an error result when Ray's own retries are exhausted."""
+    try:
+        return ray.get(ref)
+    except Exception as err:   # noqa: BLE001 - Ray's retries exhausted (worker or node lost)
+        return {"error": f"{type(err).__name__} after {system_retries} Ray retries: {str(err).strip()[-1000:]}",
+                "files": {}, "node": None, "wall_s": None}
+
+
+def _settle(outcome: RunOutcome, attempt: int, result: dict, address_text: str, retries: int) -> str | None:
+    """Record one finished submission of ``outcome.spec`` on ``outcome`` and write its run folder (with the
+    sweep's record, and the error when it failed). Returns the error, ``None`` when the run completed."""
+    spec = outcome.spec
+    outcome.attempts = attempt
+    outcome.node, outcome.wall_s = result.get("node"), result.get("wall_s")
+    record = {"grid_point": dict(spec.point), "label": spec.label, "seed": spec.seed, "attempt": attempt,
+              "max_attempts": retries + 1, "node": outcome.node, "ray_address": address_text,
+              "num_cpus": spec.num_cpus, "num_gpus": spec.num_gpus}
+    error = result["error"]
+    if error is not None:
+        record["error"] = error
+    _write_run_folder(spec, result["files"], record)
+    if error is None and run_state(spec.folder) != "completed":
+        error = f"the run's folder {spec.folder} is not a finished run after writing"
+    return error
 
 
 def aggregate(specs: list[RunSpec], outcomes: list[RunOutcome], dest: str | Path, argv: list[str] | None = None):
