@@ -125,6 +125,8 @@ def budget_sentence(name: str, curves, window: int = 5, tol: float = 1.0) -> str
     moved = [c[-window - 1] - c[-1] for c in curves if len(c) > window]
     how = f"it moved by {span(moved, 2)} nats over the last {window} epochs" if moved else \
         f"its runs are too short to show it ({window} epochs or fewer)"
+    if moved and min(moved) < 0:
+        how += " (a negative move: the curve rose again, the model overfits)"
     if all(flat):
         return f"{name}'s learning curve had flattened on every seed: {how}, under the rule's {fmt(tol, 1)} nat."
     where = "on its one seed" if len(flat) == 1 else f"on {count_of(flat.count(False), len(flat))} seeds"

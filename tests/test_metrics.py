@@ -338,3 +338,7 @@ def test_budget_sentence_follows_the_rule():
     text = budget_sentence("The VAE", [flat, moving])
     assert "had **not** flattened on one of two seeds" in text and "0.95 to 17.00 nats" in text
     assert "too short" in budget_sentence("The VAE", [[3.0, 2.0]])
+    assert "overfits" not in budget_sentence("The VAE", [flat, moving])
+    rising = [200, 150, 110, 109, 109.5, 110, 110.5, 111]      # lowest at epoch 4, then worse: flat by the rule
+    text = budget_sentence("The VAE", [flat, rising])
+    assert "had flattened on every seed" in text and "−1.00 to 0.95 nats" in text and "overfits" in text
