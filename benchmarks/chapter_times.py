@@ -2,7 +2,7 @@
 
     python benchmarks/chapter_times.py [--out benchmarks/results/chapter_times.json] [CHAPTER ...]
 
-Each chapter runs through ``lidvae_mini.reproduce.run`` (papermill, fresh kernel) into a temporary folder,
+Each chapter runs through ``lidvae_mini.book.reproduce.run`` (papermill, fresh kernel) into a temporary folder,
 so the time includes kernel start-up and imports, as in the book build and the determinism test (tests/test_determinism.py).
 """
 from __future__ import annotations
@@ -13,8 +13,8 @@ import tempfile
 import time
 from pathlib import Path
 
-from lidvae_mini import reproduce
-from lidvae_mini.provenance import environment_info
+from lidvae_mini.book import reproduce
+from lidvae_mini.book.provenance import environment_info
 
 
 def main() -> None:

@@ -6,13 +6,13 @@ extrapolated (the training step is timed by ``benchmarks/train_step.py``).
 
 For each mixture model of ``train_step.py`` (same sizes, untrained: the cost does not depend on the weights):
 
-- ``evaluate_mixture`` (:mod:`lidvae_mini.mixture`: ELBO parts, AU, accuracies and the IWAE with 500 importance
+- ``evaluate_mixture`` (:mod:`lidvae_mini.models.mixture`: ELBO parts, AU, accuracies and the IWAE with 500 importance
   samples per cluster, as the paper-scale parameter files set it) on ``--n-iwae`` test points; its cost is linear
   in the number of points;
-- ``mixture_mutual_information`` (:mod:`lidvae_mini.baselines`, chapter 08's MI) on ``--n-mi`` and twice as many
+- ``mixture_mutual_information`` (:mod:`lidvae_mini.models.baselines`, chapter 08's MI) on ``--n-mi`` and twice as many
   points; its cost is quadratic (all pairs of points), extrapolated as ``a N + b N^2`` through the two timings;
 - for the image models, the validation pass that ``fit`` runs after every epoch (chapter 08 selects the epoch on
-  it: :func:`lidvae_mini.train.evaluate`, i.e. the ELBO and the posterior means, 512 flow draws each for a
+  it: :func:`lidvae_mini.models.train.evaluate`, i.e. the ELBO and the posterior means, 512 flow draws each for a
   RealNVP) on ``--n-iwae`` x 10 points, scaled to 2,000 validation images x 100 epochs.
 
 Each is timed in process CPU seconds (``time.process_time``, one torch thread: the machine is shared) and its matmul
@@ -52,8 +52,8 @@ def _timed(fn):
 
 
 def cost(name: str, n_iwae: int, n_mi: int) -> dict:
-    from lidvae_mini.baselines import mixture_mutual_information
-    from lidvae_mini.mixture import evaluate_mixture
+    from lidvae_mini.models.baselines import mixture_mutual_information
+    from lidvae_mini.models.mixture import evaluate_mixture
 
     model = build(name)
     x, binarize = data(name, 2 * n_mi)
@@ -72,7 +72,7 @@ def cost(name: str, n_iwae: int, n_mi: int) -> dict:
         a = max(0.0, (t1 - b * n_mi ** 2) / n_mi)
         return a * n_test + b * n_test ** 2
     if not name.startswith("pinwheel"):
-        from lidvae_mini.train import evaluate
+        from lidvae_mini.models.train import evaluate
 
         n_val = 10 * n_iwae
         s_val, f_val = _timed(lambda: evaluate(model, x[:n_val], batch_size=1000))
@@ -114,7 +114,7 @@ def main() -> None:
         print(f"| {name} | {val} | {r['evaluate_mixture']['cpu_s_at_n_test'] / 3600:.2f} | "
               f"{r['mutual_information']['cpu_s_at_n_test'] / 3600:.2f} | {r['gpu_estimate_s'] / 60:.1f} |", flush=True)
     if args.out:
-        from lidvae_mini.provenance import environment_info
+        from lidvae_mini.book.provenance import environment_info
 
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
         Path(args.out).write_text(json.dumps({

@@ -1,11 +1,11 @@
-"""The training loop of :func:`lidvae_mini.train.fit` as it was before issue 9, kept for side-by-side benchmarks
+"""The training loop of :func:`lidvae_mini.models.train.fit` as it was before issue 9, kept for side-by-side benchmarks
 (``benchmarks/train_step.py``) and for the test that the new loop gives the same numbers on CPU
 (``tests/test_train_efficiency.py``). Not part of the package; do not use it to train.
 
 What the old loop did per step, and the new one does not: a second pass of a Gaussian encoder for the analytic KL
 (:func:`legacy_loss`), and five host reads (``bool(isfinite(loss))``, ``bool(isfinite(grad norm))`` and three
 ``float()`` of the epoch sums); the data stayed in host memory and every batch was copied to the device.
-Copied from ``lidvae_mini/train.py`` at commit 67e70ce (the docstring dropped, the loss replaced by :func:`legacy_loss`;
+Copied from ``lidvae_mini/models/train.py`` at commit 67e70ce (the docstring dropped, the loss replaced by :func:`legacy_loss`;
 ``two_pass_kl=False`` uses the model's own, one-pass, loss: the old loop around today's model).
 """
 from __future__ import annotations
@@ -19,17 +19,17 @@ from pathlib import Path
 import torch
 
 from lidvae_mini._checks import check_choice, check_int, check_positive
-from lidvae_mini.train import (BINARIZE, CHECKPOINT_FILE, HISTORY_KEYS, NonFiniteLossError, OPTIMIZERS, _all_finite,
-                               _as_tensor, _atomic_save, _is_binary, _make_optimizer, _show_progress, evaluate,
-                               load_checkpoint)
-from lidvae_mini.vae import VAE
+from lidvae_mini.models.train import (BINARIZE, CHECKPOINT_FILE, HISTORY_KEYS, NonFiniteLossError, OPTIMIZERS,
+                                      _all_finite, _as_tensor, _atomic_save, _is_binary, _make_optimizer,
+                                      _show_progress, evaluate, load_checkpoint)
+from lidvae_mini.models.vae import VAE
 
 _RESUME_KEYS = ("batch_size", "lr", "optimizer", "seed", "binarize", "grad_clip", "weight_decay", "n_samples",
                 "n_train")
 
 
 def legacy_loss(model, x: torch.Tensor, n_samples: int = 1):
-    """``model.loss`` as before issue 9: for a :class:`~lidvae_mini.vae.VAE` with an analytic-KL encoder, the
+    """``model.loss`` as before issue 9: for a :class:`~lidvae_mini.models.vae.VAE` with an analytic-KL encoder, the
     encoder runs twice (``sample``, then ``kl_per_dim``); any other model's own ``loss``."""
     if type(model).loss is not VAE.loss or not getattr(model.encoder, "has_analytic_kl", False):
         return model.loss(x, n_samples=n_samples)

@@ -2,20 +2,20 @@
 
     python benchmarks/lidvae_step.py [--reps 10] [--device cpu|cuda|all] [--out FILE.json]
 
-One step is the package's training step, as :func:`lidvae_mini.train.fit` takes it: ``VAE.loss`` (the batch-mean
+One step is the package's training step, as :func:`lidvae_mini.models.train.fit` takes it: ``VAE.loss`` (the batch-mean
 negative ELBO, 1 reparameterised sample, analytic KL from one encoder pass), backward, gradient clipping at norm 5
-over all parameters and an Adam update, for a :class:`lidvae_mini.vae.VAE` with the package's
-:class:`~lidvae_mini.encoders.GaussianEncoder` (784-512-512-2K, ReLU) and a Bernoulli decoder, batch 100,
+over all parameters and an Adam update, for a :class:`lidvae_mini.models.vae.VAE` with the package's
+:class:`~lidvae_mini.models.encoders.GaussianEncoder` (784-512-512-2K, ReLU) and a Bernoulli decoder, batch 100,
 D = 784, K = 64 (issue 3, Sec. 6). The whole loop around it (data on the device, no host reads) is timed by
 ``benchmarks/train_step.py``; this script isolates the decoders. Decoders compared side by side:
 
-- ``mlp``: :class:`~lidvae_mini.decoders.MLPDecoder` with two equal hidden layers, width chosen by
-  :func:`~lidvae_mini.decoders.matched_mlp_hidden` so its parameter count is within 10% of the LIDVAE one;
-- ``lidvae-explicit``: :class:`~lidvae_mini.decoders.InjectiveDecoder` with the ICNN gradient written out
+- ``mlp``: :class:`~lidvae_mini.models.decoders.MLPDecoder` with two equal hidden layers, width chosen by
+  :func:`~lidvae_mini.models.decoders.matched_mlp_hidden` so its parameter count is within 10% of the LIDVAE one;
+- ``lidvae-explicit``: :class:`~lidvae_mini.models.decoders.InjectiveDecoder` with the ICNN gradient written out
   (:meth:`ICNN.gradient`, one ordinary backward pass; the package default);
 - ``lidvae-autograd``: the same decoder with ``grad_mode="autograd"`` (``autograd.grad(create_graph=True)``,
   double backward, as the official code);
-- ``lidvae-learned-beta``: the explicit decoder with ``beta="learned"`` (:class:`~lidvae_mini.decoders.FullRankLift`:
+- ``lidvae-learned-beta``: the explicit decoder with ``beta="learned"`` (:class:`~lidvae_mini.models.decoders.FullRankLift`:
   ``beta^T = Q diag(exp s)``, ``Q`` the orthonormal QR factor of a free matrix, recomputed every step)
   and ``g2_active_inputs=K``; ``K D + K`` more parameters than the fixed-beta decoder (4% here), so the MLP stays
   within 10% of both.
@@ -37,9 +37,9 @@ from pathlib import Path
 
 import torch
 
-from lidvae_mini.decoders import InjectiveDecoder, MLPDecoder, count_parameters, matched_mlp_hidden
-from lidvae_mini.encoders import GaussianEncoder
-from lidvae_mini.vae import VAE
+from lidvae_mini.models.decoders import InjectiveDecoder, MLPDecoder, count_parameters, matched_mlp_hidden
+from lidvae_mini.models.encoders import GaussianEncoder
+from lidvae_mini.models.vae import VAE
 
 from _common import devices, saved_storage_mib  # benchmarks/ is on sys.path when a script here runs
 
@@ -147,7 +147,7 @@ def main() -> None:
                   f"{r['saved_mib']:.1f} | {r['saved_ratio_vs_mlp']:.2f} |"
                   + (f" {r['peak_mib']:.1f} |" if dev == "cuda" else ""))
     if args.out:
-        from lidvae_mini.provenance import environment_info
+        from lidvae_mini.book.provenance import environment_info
 
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
         Path(args.out).write_text(json.dumps({

@@ -3,11 +3,11 @@
     pip install -r benchmarks/requirements.txt      # PyMC (not needed by the package, tests or chapters)
     python benchmarks/nuts_vs_pymc.py [--n 100000] [--draws 1000] [--tune 1000] [--chains 4] [--out FILE.json]
 
-Both samplers run the same model (the official ``gauss_mix.stan``, ``lidvae_mini.gmm.model_joint``:
+Both samplers run the same model (the official ``gauss_mix.stan``, ``lidvae_mini.exact.gmm.model_joint``:
 ``mu_k ~ N(0, 2^2)``, ``sigma_k ~ HalfNormal(2)``, ``alpha ~ Beta(5, 5)``, two-component normal mixture whose
 log-likelihood is written as the same ``sum(logaddexp(log alpha + lp1, log1p(-alpha) + lp2))`` in both;
 ``--pymc-model mixture`` uses ``pm.NormalMixture`` instead, about 3x slower per gradient at N = 10^5) on
-the same data (the overlap dataset regenerated at ``--n`` points with ``lidvae_mini.gmm.simulate``), in
+the same data (the overlap dataset regenerated at ``--n`` points with ``lidvae_mini.exact.gmm.simulate``), in
 float64, with the same number of chains, warm-up (``--tune``) and draws, target acceptance 0.8 and maximum
 tree depth 10, one after the other in this process. Chains run in parallel over the CPU cores in both
 (NumPyro: one host device per chain, ``chain_method="parallel"``; PyMC: ``cores = min(chains, cpu count)``).
@@ -16,7 +16,7 @@ Reported per library: wall time of the whole sampling call (compilation, warm-up
 PyMC's one-time on-disk C compilation is done beforehand by a 5-draw pilot), the sampling time without
 compilation (PyMC's ``sampling_time``; for NumPyro the wall time minus that of a 1 warm-up + 1 draw run,
 which is almost all tracing and compilation), minimum bulk ESS (ArviZ) over the five scalars after relabelling every draw so that ``mu1 < mu2``
-(``lidvae_mini.gmm.relabel``; otherwise chains in mirror-image modes would make the ESS meaningless), and
+(``lidvae_mini.exact.gmm.relabel``; otherwise chains in mirror-image modes would make the ESS meaningless), and
 ESS per second of each. The NumPyro/PyMC ratio of ESS per second is the headline number. PyMC runs first:
 its chains are forked processes, and forking after JAX has started its threads can deadlock.
 """
@@ -52,7 +52,7 @@ def _min_ess(samples: dict) -> tuple[float, float, dict]:
     """Minimum bulk ESS and maximum R-hat over the scalars, after relabelling (mu1 < mu2)."""
     import arviz as az
 
-    from lidvae_mini.gmm import relabel
+    from lidvae_mini.exact.gmm import relabel
 
     relabelled, swapped = relabel(samples)
     summary = az.summary(az.from_dict(posterior=relabelled), kind="diagnostics", round_to="none")
@@ -65,7 +65,7 @@ def run_numpyro(y, args) -> dict:
     import jax
     from numpyro.infer import MCMC, NUTS
 
-    from lidvae_mini.gmm import model_joint
+    from lidvae_mini.exact.gmm import model_joint
 
     def sample(num_warmup, num_samples):
         mcmc = MCMC(NUTS(model_joint, target_accept_prob=0.8, max_tree_depth=10), num_warmup=num_warmup,
@@ -101,7 +101,7 @@ def run_pymc(y, args) -> dict:
         alpha = pm.Beta("alpha", 5.0, 5.0)
         if args.pymc_model == "mixture":  # the idiomatic PyMC spelling (about 3x slower per gradient here)
             pm.NormalMixture("y", w=pm.math.stack([alpha, 1.0 - alpha]), mu=mu, sigma=sigma, observed=y)
-        else:  # the same expression as lidvae_mini.gmm.model_joint
+        else:  # the same expression as lidvae_mini.exact.gmm.model_joint
             lp1 = pm.logp(pm.Normal.dist(mu[0], sigma[0]), y)
             lp2 = pm.logp(pm.Normal.dist(mu[1], sigma[1]), y)
             pm.Potential("loglik", pt.logaddexp(pt.log(alpha) + lp1, pt.log1p(-alpha) + lp2).sum())
@@ -134,8 +134,8 @@ def main(argv=None) -> dict:
 
     numpyro.set_host_device_count(args.chains)
     numpyro.enable_x64()
-    from lidvae_mini.gmm import DEFAULT_SEED, simulate
-    from lidvae_mini.provenance import environment_info
+    from lidvae_mini.exact.gmm import DEFAULT_SEED, simulate
+    from lidvae_mini.book.provenance import environment_info
 
     y = simulate("overlap", args.n, DEFAULT_SEED if args.data_seed is None else args.data_seed)
     rows = []
@@ -147,7 +147,7 @@ def main(argv=None) -> dict:
             print(f"  {lib}: {rows[-1]['wall_s']:.1f} s, min bulk ESS {rows[-1]['min_ess_bulk']:.0f}",
                   file=sys.stderr, flush=True)
     result = {"n": args.n, "draws": args.draws, "tune": args.tune, "chains": args.chains, "seed": args.seed,
-              "data": "overlap, regenerated (lidvae_mini.gmm.simulate)", "results": rows}
+              "data": "overlap, regenerated (lidvae_mini.exact.gmm.simulate)", "results": rows}
     by = {r["library"]: r for r in rows}
     if len(by) == 2:
         result["ratio_ess_per_s_numpyro_over_pymc"] = by["numpyro"]["ess_per_s"] / by["pymc"]["ess_per_s"]

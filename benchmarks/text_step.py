@@ -2,7 +2,7 @@
 
     python benchmarks/text_step.py [--size cpu|paper|all] [--reps 5] [--device cpu|cuda] [--out FILE.json]
 
-One step is :func:`lidvae_mini.text.fit_text`'s: ``TextVAE.loss`` (batch-mean negative ELBO, one draw), backward,
+One step is :func:`lidvae_mini.models.text.fit_text`'s: ``TextVAE.loss`` (batch-mean negative ELBO, one draw), backward,
 clipping at norm 5 over all parameters, an Adam update. Same batch (B = 32 sentences of T = 30 tokens plus
 ``<s>``/``</s>``), vocabulary and encoder for every model; the decoders' parameter counts are printed; the
 fixed-beta_2 LIDSVAE's must be within 10% of the VAE's (the learned beta_2 adds its (K+H) x (V-1) frame).
@@ -27,7 +27,7 @@ import time
 
 import torch
 
-from lidvae_mini.text import build_text_vae, count_parameters
+from lidvae_mini.models.text import build_text_vae, count_parameters
 
 SIZES = {
     "cpu": dict(V=2000, embed_dim=32, enc_hidden=64, dec_hidden=64, latent_dim=8, icnn_hidden=((64,), (64,))),

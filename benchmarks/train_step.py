@@ -1,4 +1,4 @@
-"""Throughput and memory of the package's real training step (:func:`lidvae_mini.train.fit`) at the paper's sizes,
+"""Throughput and memory of the package's real training step (:func:`lidvae_mini.models.train.fit`) at the paper's sizes,
 the training loop of issue 9 against the loop before it, side by side in one run.
 
     python benchmarks/train_step.py [--steps 20] [--reps 3] [--device cpu|cuda|all] [--models vae,gmvae,...]
@@ -12,21 +12,21 @@ Loops compared, interleaved rep by rep (the order alternates) so that a busy mac
 
 - ``old``: :func:`benchmarks.legacy_fit.legacy_fit`, the loop before issue 9 (data in host memory, a batch copied
   per step, five host reads per step, a Gaussian encoder run twice per ELBO);
-- ``new``: :func:`lidvae_mini.train.fit` (data resident on the device, no host read per step, encoder once);
+- ``new``: :func:`lidvae_mini.models.train.fit` (data resident on the device, no host read per step, encoder once);
 - ``new-bf16`` (with ``--bf16``): the same with ``precision="bf16"``, for the models whose modules accept
   bfloat16 activations (MLP decoders; the ICNN of the injective decoders does not yet: ``unsupported``).
 
 Models (issue 9 §2; supplement C: 512 hidden units, 64 continuous latents; batch 100; depth 3 = our reading of
 the "9-layer generative model"; decoders size-matched as in chapters 06-08), all built by the package:
 
-- images, D = 784, K = 64: ``vae`` (chapter 08's single-latent row: :func:`lidvae_mini.baselines.build_method`),
-  ``lidvae`` (:func:`lidvae_mini.vae.build_vae`, ICNN widths 512 x 3, Gaussian encoder 512-512),
-  ``gmvae`` and ``lidgmvae`` (:func:`lidvae_mini.mixture.build_mixture_vae`, C = 10 clusters, ``--mixture-encoder``
+- images, D = 784, K = 64: ``vae`` (chapter 08's single-latent row: :func:`lidvae_mini.models.baselines.build_method`),
+  ``lidvae`` (:func:`lidvae_mini.models.vae.build_vae`, ICNN widths 512 x 3, Gaussian encoder 512-512),
+  ``gmvae`` and ``lidgmvae`` (:func:`lidvae_mini.models.mixture.build_mixture_vae`, C = 10 clusters, ``--mixture-encoder``
   q(w|x, y), networks 512-512, ICNN width 512, depth 3);
 - pinwheel (chapter 07's ``full.yaml``), D = K = 2, C = 5: ``pinwheel-gmvae``, ``pinwheel-lidgmvae`` (learned
   cluster prior, as chapter 07 fits), widths 512, depth 3, alpha 1, RealNVP q(w|x, y);
 - ``sa_vae`` (not in the default list: a step costs about as much as 20 ordinary ones): chapter 08's SA-GMVAE
-  row (:func:`lidvae_mini.baselines.build_method`, Gaussian q(w|x, y), 20 SVI steps), images as above.
+  row (:func:`lidvae_mini.models.baselines.build_method`, Gaussian q(w|x, y), 20 SVI steps), images as above.
 
 Memory: on CUDA the allocator's peak over the timed epoch (``torch.cuda.max_memory_allocated``, the resident data
 included). On CPU, where no allocator peak is exposed, an estimate: the activations autograd saves for one step's
@@ -43,7 +43,7 @@ host reads per step of each loop (``bool``/``float``/``item``/... of a tensor, e
 those of ``torch.optim``, on Adam's host-side step counter, are not counted). ``gpu_estimate_ms_per_step`` is a
 stated estimate for one modern GPU, not a measurement (:func:`gpu_estimate_ms`).
 
-Not a test: run by hand; ``--out`` writes the numbers with :func:`lidvae_mini.provenance.environment_info`.
+Not a test: run by hand; ``--out`` writes the numbers with :func:`lidvae_mini.book.provenance.environment_info`.
 """
 from __future__ import annotations
 
@@ -64,7 +64,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import count_host_reads, devices, saved_storage_mib  # noqa: E402
 from legacy_fit import legacy_fit  # noqa: E402
 
-from lidvae_mini.train import fit  # noqa: E402
+from lidvae_mini.models.train import fit  # noqa: E402
 
 BATCH = 100
 IMAGE_D, IMAGE_K, IMAGE_C, WIDTH, DEPTH = 784, 64, 10, 512, 3
@@ -75,9 +75,9 @@ LOOPS = ("old", "new", "new-bf16")
 
 def build(name: str, mixture_encoder: str = "realnvp"):
     """The model of configuration ``name`` (seed 0) on the CPU."""
-    from lidvae_mini.baselines import build_method
-    from lidvae_mini.mixture import build_mixture_vae
-    from lidvae_mini.vae import build_vae
+    from lidvae_mini.models.baselines import build_method
+    from lidvae_mini.models.mixture import build_mixture_vae
+    from lidvae_mini.models.vae import build_vae
 
     hidden = (WIDTH, WIDTH)
     with warnings.catch_warnings():
@@ -112,7 +112,7 @@ def data(name: str, n: int) -> tuple[np.ndarray, str | None]:
 
 
 def supports_bf16(model) -> bool:
-    from lidvae_mini.decoders import InjectiveDecoder
+    from lidvae_mini.models.decoders import InjectiveDecoder
 
     return not isinstance(model.decoder, InjectiveDecoder)
 
@@ -286,7 +286,7 @@ def main() -> None:
                   f"| {pr['gflop_per_step']:.2f} | {pr['host_reads_per_step']['old']:.0f} / "
                   f"{pr['host_reads_per_step']['new']:.0f} | {pr['gpu_estimate_ms_per_step']:.1f} |", flush=True)
     if args.out:
-        from lidvae_mini.provenance import environment_info
+        from lidvae_mini.book.provenance import environment_info
 
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
         Path(args.out).write_text(json.dumps({

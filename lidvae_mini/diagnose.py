@@ -54,9 +54,9 @@ Also reported: ``rec_drop_k = E [l(z) - (l(z_{-k}, a) + l(z_{-k}, b)) / 2]``, th
 the posterior value of ``z_k`` is replaced by a prior draw (0 in expectation when the likelihood is flat in ``z_k``
 *or* when ``q(z_k|x)`` is the prior).
 
-**Models.** Anything with the VAE protocol of :mod:`lidvae_mini.vae` (``latent_dim``, ``check_x``,
+**Models.** Anything with the VAE protocol of :mod:`lidvae_mini.models.vae` (``latent_dim``, ``check_x``,
 ``log_likelihood(x, z (S, B, K)) -> (S, B)``, ``sample_posterior``, ``encode_mean``, optional ``kl_per_dim``): the
-VAE, β-VAE, LIDVAE and SA-VAE's refined view; :class:`lidvae_mini.mixture.MixtureVAE` (rows ``w1..wK`` for the
+VAE, β-VAE, LIDVAE and SA-VAE's refined view; :class:`lidvae_mini.models.mixture.MixtureVAE` (rows ``w1..wK`` for the
 continuous latent, moved over its mixture prior, and ``y`` for the cluster, whose sensitivity uses the marginal
 likelihood ``log p(x|y)`` by importance sampling with draws common to every ``y``,
 :func:`cluster_log_likelihoods`); and a plain torch decoder plus encoder through
@@ -77,8 +77,8 @@ import torch
 from torch import nn
 
 from ._checks import check_batch, check_choice, check_int, check_positive
-from .encoders import GaussianEncoder
-from .metrics import mean_and_standard_error
+from .models.encoders import GaussianEncoder
+from .evaluation.metrics import mean_and_standard_error
 
 #: Verdicts, in the order of the chapter's legend.
 VERDICTS = ("identifiable and used", "non-identifiable (model collapse)",
@@ -334,15 +334,15 @@ def ppca_model(x, sigma: float, m: int = 2) -> TorchModel:
     """PPCA at its maximum likelihood loadings for a known noise sd, with its **exact** posterior, as a
     :class:`TorchModel` (float64): the truth against which :func:`diagnose` is checked (book chapter 2).
 
-    ``W`` is :func:`lidvae_mini.ppca.ml_estimate` ``(x, m, sigma)`` (principal axes, so ``W^T W`` is diagonal and the
+    ``W`` is :func:`lidvae_mini.exact.ppca.ml_estimate` ``(x, m, sigma)`` (principal axes, so ``W^T W`` is diagonal and the
     exact posterior ``N(cov W^T x / sigma^2, cov)``, ``cov = sigma^2 (sigma^2 I + W^T W)^{-1}``, factorises over the
     latents); decoder ``z -> N(W z, sigma^2 I_D)``; encoder ``x -> (posterior mean, log posterior variance)``. Its
-    analytic per-dimension KL is :func:`lidvae_mini.ppca.kl_to_prior` averaged over the data.
+    analytic per-dimension KL is :func:`lidvae_mini.exact.ppca.kl_to_prior` averaged over the data.
 
     Raises:
-        ValueError: as :func:`lidvae_mini.ppca.ml_estimate` (bad shapes, non-finite data, ``sigma <= 0``).
+        ValueError: as :func:`lidvae_mini.exact.ppca.ml_estimate` (bad shapes, non-finite data, ``sigma <= 0``).
     """
-    from . import ppca
+    from .exact import ppca
 
     fit = ppca.ml_estimate(x, m, sigma=sigma)
     w = torch.as_tensor(np.array(fit.w), dtype=torch.float64)
@@ -413,7 +413,7 @@ def with_prior_posterior(model, dims):
     decoder still uses ``z_k``: inference collapse by construction (``KL_k = 0``, AU variance 0).
 
     Raises:
-        TypeError: the encoder is not a :class:`~lidvae_mini.encoders.GaussianEncoder`. ValueError: bad ``dims``.
+        TypeError: the encoder is not a :class:`~lidvae_mini.models.encoders.GaussianEncoder`. ValueError: bad ``dims``.
     """
     if not isinstance(getattr(model, "encoder", None), GaussianEncoder):
         got = type(getattr(model, "encoder", None)).__name__
@@ -429,7 +429,7 @@ _PROTOCOL = ("latent_dim", "check_x", "log_likelihood", "sample_posterior", "enc
 
 
 def _is_mixture(model) -> bool:
-    from .mixture import MixtureVAE
+    from .models.mixture import MixtureVAE
 
     return isinstance(model, MixtureVAE)
 
@@ -498,7 +498,7 @@ def _sens_stats(v_points: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 
 def _progress_bar(total, enabled, desc):
-    from .train import _show_progress
+    from .models.train import _show_progress
 
     if not _show_progress(enabled):
         return None
@@ -508,7 +508,7 @@ def _progress_bar(total, enabled, desc):
 
 
 def cluster_log_likelihoods(model, x: torch.Tensor, n_samples: int = 16) -> torch.Tensor:
-    """``log p(x|y)`` for every cluster ``y`` of a :class:`~lidvae_mini.mixture.MixtureVAE`, (B, C), nats.
+    """``log p(x|y)`` for every cluster ``y`` of a :class:`~lidvae_mini.models.mixture.MixtureVAE`, (B, C), nats.
 
     Importance sampling with **one** proposal for every ``y``, the defensive mixture
     ``r(w|x) = (1/C) sum_c q(w|x, c)``, sampled stratified (``n_samples`` draws from each component, ``C n`` in all):
@@ -525,7 +525,7 @@ def cluster_log_likelihoods(model, x: torch.Tensor, n_samples: int = 16) -> torc
     different biases pass for a dependence of the model on ``y`` (an error of an earlier version of this module).
 
     Args:
-        model: a :class:`~lidvae_mini.mixture.MixtureVAE`; x: (B, D) data it accepts; n_samples: draws per component.
+        model: a :class:`~lidvae_mini.models.mixture.MixtureVAE`; x: (B, D) data it accepts; n_samples: draws per component.
 
     Raises:
         TypeError: not a mixture VAE. ValueError: bad ``x`` (as the model's ``check_x``) or ``n_samples``.
@@ -609,8 +609,8 @@ def diagnose(model, x, *, n_samples: int = 8, batch_size: int = 100, kl_threshol
     replaced by two independent prior draws and ``log p(x|z)`` is evaluated at both.
 
     Args:
-        model: a VAE-protocol model (:class:`lidvae_mini.vae.VAE`, :class:`~lidvae_mini.vae.LIDVAE`, a β-VAE, an
-            SA-VAE's ``refined_view()``), a :class:`lidvae_mini.mixture.MixtureVAE`, or a :class:`TorchModel`.
+        model: a VAE-protocol model (:class:`lidvae_mini.models.vae.VAE`, :class:`~lidvae_mini.models.vae.LIDVAE`, a β-VAE, an
+            SA-VAE's ``refined_view()``), a :class:`lidvae_mini.models.mixture.MixtureVAE`, or a :class:`TorchModel`.
         x: data ``(N, D)``, ``N >= 2``: a tensor of the model's dtype or an array (converted to it); binary for a
             Bernoulli likelihood. Use held-out data.
         n_samples: posterior draws per point (S).

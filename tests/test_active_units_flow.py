@@ -8,12 +8,12 @@ import math
 import pytest
 import torch
 
-from lidvae_mini.baselines import encoder_mutual_information
-from lidvae_mini.encoders import MEAN_SAMPLES, ConditionalRealNVP
-from lidvae_mini.metrics import active_units, mutual_information_from_log_density
-from lidvae_mini.mixture import build_mixture_vae, evaluate_mixture
-from lidvae_mini.train import evaluate
-from lidvae_mini.vae import build_vae
+from lidvae_mini.models.baselines import encoder_mutual_information
+from lidvae_mini.models.encoders import MEAN_SAMPLES, ConditionalRealNVP
+from lidvae_mini.evaluation.metrics import active_units, mutual_information_from_log_density
+from lidvae_mini.models.mixture import build_mixture_vae, evaluate_mixture
+from lidvae_mini.models.train import evaluate
+from lidvae_mini.models.vae import build_vae
 
 
 def _zero_(module):

@@ -29,7 +29,7 @@ MODULES = public_modules()
 
 def test_every_public_module_has_a_page_and_every_page_a_module():
     pages = {p.stem for p in API.glob("*.md")}
-    assert {"lidvae_mini.vae", "lidvae_mini.data.images"} <= set(MODULES)
+    assert {"lidvae_mini.models.vae", "lidvae_mini.data.images"} <= set(MODULES)
     assert sorted(set(MODULES) - pages) == [], "modules without a page in book/api/ (add book/api/<module>.md)"
     assert sorted(pages - set(MODULES)) == [], "pages in book/api/ of modules that do not exist"
 
@@ -47,12 +47,20 @@ def test_page_documents_its_module_and_is_in_the_toc(module):
     assert f"book/api/{module}" in toc_files(), f"_toc.yml does not list book/api/{module}"
 
 
-def test_reference_part_lists_the_package_page_first_then_modules_in_order():
+MACHINERY = ("lidvae_mini.book", "lidvae_mini.experiments")
+
+
+def test_reference_lists_the_library_first_and_the_machinery_apart():
+    """The library's part: the package page, then its modules in alphabetical order; the book's machinery (running
+    chapters, results, prose, releases, the chapters' experiments) in a part of its own after it."""
     toc = yaml.safe_load((ROOT / "_toc.yml").read_text())
-    part = next(p for p in toc["parts"] if p.get("caption") == "Package reference")
-    files = [c["file"] for c in part["chapters"]]
-    assert files[0] == "book/api/lidvae_mini"
-    assert files[1:] == sorted(files[1:]), "module pages in alphabetical order"
+    captions = [p.get("caption") for p in toc["parts"]]
+    assert captions.index("Package reference") + 1 == captions.index("The book's machinery")
+    parts = {p.get("caption"): [c["file"].removeprefix("book/api/") for c in p["chapters"]] for p in toc["parts"]}
+    library, machinery = parts["Package reference"], parts["The book's machinery"]
+    assert library[0] == "lidvae_mini" and library[1:] == sorted(library[1:]), "module pages in alphabetical order"
+    assert machinery == sorted(machinery)
+    assert not [m for m in library if m.startswith(MACHINERY)] and all(m.startswith(MACHINERY) for m in machinery)
 
 
 def test_sphinx_configuration_generates_offline():
@@ -63,7 +71,7 @@ def test_sphinx_configuration_generates_offline():
     assert "sphinx_reexports" in sphinx.get("local_extensions", {})
     # nitpicky mode may skip other packages' and private names, never a public lidvae_mini one
     for kind, target in sphinx["config"].get("nitpick_ignore_regex", []):
-        for name in ("lidvae_mini.vae.VAE", "lidvae_mini.data.data_dir", "lidvae_mini.results.result_rows"):
+        for name in ("lidvae_mini.models.vae.VAE", "lidvae_mini.data.data_dir", "lidvae_mini.book.results.result_rows"):
             assert not (re.fullmatch(kind, "py:class") and re.fullmatch(target, name)), (kind, target, name)
 
 
@@ -76,9 +84,9 @@ def test_reexported_names_resolve_to_their_definition():
     finally:
         sys.path.remove(str(API))
     assert "lidvae_mini.data.paths.data_dir" in _definitions("lidvae_mini.data.data_dir", None, None)
-    assert "lidvae_mini.icnn.ICNN" in _definitions("ICNN", "lidvae_mini.brenier", None)
-    assert "lidvae_mini.icnn.ICNN.gradient" in _definitions("ICNN.gradient", "lidvae_mini.brenier", None)
-    assert _definitions("no_such_name", "lidvae_mini.brenier", None) == []
+    assert "lidvae_mini.models.icnn.ICNN" in _definitions("ICNN", "lidvae_mini.models.brenier", None)
+    assert "lidvae_mini.models.icnn.ICNN.gradient" in _definitions("ICNN.gradient", "lidvae_mini.models.brenier", None)
+    assert _definitions("no_such_name", "lidvae_mini.models.brenier", None) == []
 
 
 def test_an_imported_name_means_the_imported_object():
@@ -94,11 +102,11 @@ def test_an_imported_name_means_the_imported_object():
     finally:
         sys.path.remove(str(API))
     doc = nodes.document(None, None)
-    for module in ("lidvae_mini.avae", "lidvae_mini.text"):
+    for module in ("lidvae_mini.models.avae", "lidvae_mini.models.text"):
         ref = addnodes.pending_xref("", refdomain="py", reftype="exc", reftarget="NonFiniteLossError",
                                     refspecific=True)
         ref["py:module"] = module
         doc += ref
     _imported_names_first(None, doc)
     assert [r["reftarget"] for r in doc.findall(addnodes.pending_xref)] == \
-        ["lidvae_mini.train.NonFiniteLossError", "NonFiniteLossError"]   # text defines its own: left to Sphinx
+        ["lidvae_mini.models.train.NonFiniteLossError", "NonFiniteLossError"]   # text defines its own: left to Sphinx

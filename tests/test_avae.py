@@ -1,15 +1,15 @@
-"""The aggregate VAE (lidvae_mini.avae): bandwidth rule, chunked KDE, KL estimator, training loop."""
+"""The aggregate VAE (lidvae_mini.models.avae): bandwidth rule, chunked KDE, KL estimator, training loop."""
 import math
 
 import numpy as np
 import pytest
 import torch
 
-from lidvae_mini import avae
-from lidvae_mini.avae import (AVAE, DeterministicEncoder, bandwidth, bandwidth_criterion, build_avae, evaluate_avae,
-                              fit_avae, kde_log_density, kl_to_prior)
-from lidvae_mini.decoders import InjectiveDecoder, MLPDecoder, count_parameters
-from lidvae_mini.train import NonFiniteLossError
+from lidvae_mini.models import avae
+from lidvae_mini.models.avae import (AVAE, DeterministicEncoder, bandwidth, bandwidth_criterion, build_avae,
+                                     evaluate_avae, fit_avae, kde_log_density, kl_to_prior)
+from lidvae_mini.models.decoders import InjectiveDecoder, MLPDecoder, count_parameters
+from lidvae_mini.models.train import NonFiniteLossError
 
 
 # ------------------------------------------------------------------------------------------------ bandwidth
@@ -139,7 +139,7 @@ def _toy(n=240, d_data=12, seed=0):
 
 
 def test_build_avae_sizes_match_the_vae_rule():
-    from lidvae_mini.vae import build_vae
+    from lidvae_mini.models.vae import build_vae
     a = build_avae("avae", 12, 3, h=0.5, hidden1=(8,), hidden2=(16,), seed=0)
     v = build_vae("vae", 12, 3, hidden1=(8,), hidden2=(16,), seed=0)
     assert isinstance(a.decoder, MLPDecoder) and count_parameters(a.decoder) == count_parameters(v.decoder)
@@ -241,7 +241,7 @@ def test_kde_memory_kept_for_backward_is_bounded():
 
 def test_bernoulli_kl_from_logits_matches_torch_and_stays_finite():
     from torch import distributions as td
-    from lidvae_mini.avae import bernoulli_kl_from_logits
+    from lidvae_mini.models.avae import bernoulli_kl_from_logits
     a = torch.tensor([-3.0, 0.0, 2.5, 8.0], dtype=torch.float64)
     b = torch.tensor([1.0, -0.5, 2.0, 6.0], dtype=torch.float64)
     ref = td.kl_divergence(td.Bernoulli(logits=a), td.Bernoulli(logits=b))
@@ -254,7 +254,7 @@ def test_bernoulli_kl_from_logits_matches_torch_and_stays_finite():
 
 
 def test_decoder_sensitivity_zero_exactly_for_an_ignored_axis():
-    from lidvae_mini.avae import decoder_sensitivity
+    from lidvae_mini.models.avae import decoder_sensitivity
     m = build_avae("avae", 12, 3, h=0.5, hidden1=(4,), hidden2=(8,), seed=0)
     with torch.no_grad():
         m.decoder.first_layer.weight[:, 1] = 0.0

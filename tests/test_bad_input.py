@@ -23,8 +23,9 @@ from conftest import ROOT
 
 torch = pytest.importorskip("torch")
 
-from lidvae_mini import (collapse, gmm, icnn, mixture, parameters, ppca, reproduce, results, sweep,  # noqa: E402
-                         train, vae)
+from lidvae_mini.book import parameters, reproduce, results, sweep  # noqa: E402
+from lidvae_mini.exact import collapse, gmm, ppca  # noqa: E402
+from lidvae_mini.models import icnn, mixture, train, vae  # noqa: E402
 from lidvae_mini.data import load_dataset, require_dataset  # noqa: E402
 
 RNG = np.random.default_rng(0)
@@ -253,9 +254,9 @@ def test_there_are_at_least_40_cases_and_they_are_distinct():
 
 # ------------------------------------------------------------------------------------------- on the console
 @pytest.mark.parametrize("argv, pattern", [
-    (["lidvae_mini.reproduce", "02_ppca", "-p", "seed=1.5"], r"parameter seed=1\.5: expected an integer"),
-    (["lidvae_mini.reproduce", "03_gmm", "-p", "n", "100"], r"-p 'n' is not of the form key=value"),
-    (["lidvae_mini.results", "aggregate", "no_such_run", "--out", "summary"], r"no_such_run is not a complete run folder"),
+    (["lidvae_mini.book.reproduce", "02_ppca", "-p", "seed=1.5"], r"parameter seed=1\.5: expected an integer"),
+    (["lidvae_mini.book.reproduce", "03_gmm", "-p", "n", "100"], r"-p 'n' is not of the form key=value"),
+    (["lidvae_mini.book.results", "aggregate", "no_such_run", "--out", "summary"], r"no_such_run is not a complete run folder"),
 ], ids=["reproduce seed", "reproduce -p without =", "results missing folder"])
 def test_console_shows_one_message_and_no_traceback(tmp_path, argv, pattern):
     env = {**os.environ, "PYTHONPATH": str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", "")}

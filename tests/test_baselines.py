@@ -5,12 +5,13 @@ import math
 import pytest
 import torch
 
-from lidvae_mini import baselines as B
-from lidvae_mini.baselines import (SAMixtureVAE, SAVAE, encoder_inner_loop, encoder_mutual_information, fit_aggressive,
-                                   fit_baseline, gaussian_elbo, sa_vae_loss, semi_amortized, svi_refine)
-from lidvae_mini.mixture import build_mixture_vae, evaluate_mixture
-from lidvae_mini.train import HISTORY_KEYS, evaluate, fit
-from lidvae_mini.vae import build_vae
+from lidvae_mini.models import baselines as B
+from lidvae_mini.models.baselines import (SAMixtureVAE, SAVAE, encoder_inner_loop, encoder_mutual_information,
+                                          fit_aggressive, fit_baseline, gaussian_elbo, sa_vae_loss, semi_amortized,
+                                          svi_refine)
+from lidvae_mini.models.mixture import build_mixture_vae, evaluate_mixture
+from lidvae_mini.models.train import HISTORY_KEYS, evaluate, fit
+from lidvae_mini.models.vae import build_vae
 
 D = 20
 
@@ -295,7 +296,7 @@ def test_mixture_mutual_information_is_zero_for_an_encoder_that_ignores_x(data):
 
 def test_mixture_mutual_information_with_a_realnvp_q_matches_a_direct_computation(data):
     """The RealNVP q(w|x, y) of the image rows: the same estimator, with exact flow densities (enc.log_prob)."""
-    from lidvae_mini.metrics import _seeded
+    from lidvae_mini.evaluation.metrics import _seeded
 
     model = build_mixture_vae("gmvae", D, 3, 3, "bernoulli", 1, encoder="realnvp", encoder_hidden=(16,),
                               cluster_hidden=(16,), icnn_width=8, seed=4).double()
@@ -335,8 +336,8 @@ def test_mixture_mutual_information_with_a_realnvp_q_matches_a_direct_computatio
 # ---------------------------------------------------------------------------------- image rows (ch. 08)
 def test_image_rows_use_realnvp_except_sa_vae_and_name_their_prior():
     """The supplement's two-layer RealNVP q(w|x, y) for every row that allows it; SA-VAE's SVI needs a Gaussian."""
-    from lidvae_mini.baselines import IMAGE_METHODS, build_method, method_spec
-    from lidvae_mini.encoders import ConditionalRealNVP, GaussianEncoder
+    from lidvae_mini.models.baselines import IMAGE_METHODS, build_method, method_spec
+    from lidvae_mini.models.encoders import ConditionalRealNVP, GaussianEncoder
 
     for m in IMAGE_METHODS:
         spec = method_spec(m)

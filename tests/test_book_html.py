@@ -152,7 +152,7 @@ def test_page_renders_math_figures_and_no_errors(page, server, tmp_path):
 
 @pytest.mark.parametrize("page", sorted(CHAPTERS))
 def test_chapter_has_colab_button_to_the_committed_notebook(page, server, tmp_path):
-    """The button opens the notebook at the release tag its Colab cell installs (lidvae_mini.release)."""
+    """The button opens the notebook at the release tag its Colab cell installs (lidvae_mini.book.release)."""
     html = (HTML / "book" / f"{page}.html").read_text()
     repository = yaml.safe_load((ROOT / "_config.yml").read_text())["repository"]
     repo, branch = repository["url"].removeprefix("https://github.com/"), repository["branch"]

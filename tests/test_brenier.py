@@ -6,8 +6,8 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from lidvae_mini.brenier import (BrenierMap, InverseError, fit_brenier_flow, flow_log_prob, make_banana,
-                                 monotonicity_ratio)
+from lidvae_mini.models.brenier import (BrenierMap, InverseError, fit_brenier_flow, flow_log_prob, make_banana,
+                                        monotonicity_ratio)
 
 ACTS = ["leaky_relu", "softplus"]
 

@@ -72,7 +72,7 @@ def test_jupyter_book_pinned_below_2_and_errors_raise():
 
 @pytest.mark.parametrize("md", CHAPTERS, ids=IDS)
 def test_full_scale_parameter_file_uses_known_names(md):
-    from lidvae_mini.reproduce import chapter_parameters
+    from lidvae_mini.book.reproduce import chapter_parameters
 
     known = chapter_parameters(md.with_suffix(".ipynb"))
     for f in sorted((BOOK / "params" / md.stem).glob("*.yaml")):
@@ -85,7 +85,7 @@ def test_papermill_sees_every_parameter(md):
     """papermill parses the parameters cell itself (--help-notebook, injection warnings): no line may defeat it."""
     from papermill.translators import PythonTranslator
 
-    from lidvae_mini.reproduce import chapter_parameters
+    from lidvae_mini.book.reproduce import chapter_parameters
 
     cell = next(c for c in nbformat.read(md.with_suffix(".ipynb"), as_version=4).cells
                 if "parameters" in c.metadata.get("tags", []))

@@ -1,11 +1,11 @@
-"""Theorem 1 on exact posteriors (paper Sec. 2.1): lidvae_mini.collapse."""
+"""Theorem 1 on exact posteriors (paper Sec. 2.1): lidvae_mini.exact.collapse."""
 from __future__ import annotations
 
 import numpy as np
 import pytest
 from scipy import stats
 
-from lidvae_mini import collapse as c
+from lidvae_mini.exact import collapse as c
 
 PRIOR = np.array([0.1, 0.2, 0.3, 0.4])
 

@@ -10,9 +10,8 @@ import pytest
 
 from lidvae_mini.data import MissingDataError
 from lidvae_mini.data import images
-from lidvae_mini.data.images import (binarize, downsample_area, fixed_binarization, load_dataset,
-                                     load_fashion_mnist, load_mnist, load_omniglot, load_omniglot_chardata,
-                                     read_idx, subsample_split)
+from lidvae_mini.data.images import (binarize, downsample_area, fixed_binarization, load_dataset, load_fashion_mnist,
+                                     load_mnist, load_omniglot, load_omniglot_chardata, read_idx, subsample_split)
 
 torch = pytest.importorskip("torch")
 

@@ -8,8 +8,8 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from lidvae_mini.decoders import (InjectiveDecoder, MLPDecoder, count_parameters, matched_mlp_hidden,
-                                  mlp_parameter_count)
+from lidvae_mini.models.decoders import (InjectiveDecoder, MLPDecoder, count_parameters, matched_mlp_hidden,
+                                         mlp_parameter_count)
 
 HEADS = ["bernoulli", "gaussian", "categorical"]
 

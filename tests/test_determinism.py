@@ -1,14 +1,14 @@
 """Determinism (issue 12): the same seed twice gives identical metrics on CPU, for every chapter at its defaults.
 
-For each chapter of ``_toc.yml`` that saves metrics (``lidvae_mini.provenance.save_metrics``), the two executions
+For each chapter of ``_toc.yml`` that saves metrics (``lidvae_mini.book.provenance.save_metrics``), the two executions
 compared are
 
 1. the book build's own: the build (``make book``/``make test``) runs the chapter with ``out_dir = None``, and
    ``save_metrics`` records the metrics as a hidden output of the metrics cell
-   (:func:`lidvae_mini.provenance.record_metrics`; not shown on the page). The executed notebook is read back from
+   (:func:`lidvae_mini.book.provenance.record_metrics`; not shown on the page). The executed notebook is read back from
    the build's execution cache (``_build/.jupyter_cache``), matched by jupyter-cache's hash of the chapter's code
    cells, so it is the execution of this very source (the Makefile clears the cache when the package changes);
-2. a run of ``python -m lidvae_mini.reproduce CHAPTER`` at the defaults, which writes ``metrics.json``.
+2. a run of ``python -m lidvae_mini.book.reproduce CHAPTER`` at the defaults, which writes ``metrics.json``.
 
 Without a matching cache entry (pytest run alone, or the chapter changed since the build) the chapter is run through
 ``reproduce`` twice. Where a data file the chapter reads is absent, ``reproduce`` refuses; the run then goes through
@@ -33,7 +33,7 @@ import pytest
 import yaml
 
 from conftest import BOOK, ROOT, toc_files
-from lidvae_mini.provenance import METRICS_FILE, recorded_metrics
+from lidvae_mini.book.provenance import METRICS_FILE, recorded_metrics
 
 CACHE = ROOT / "_build" / ".jupyter_cache"
 
@@ -74,7 +74,7 @@ def metric_chapters() -> list[str]:
 
 
 #: Metrics that are not bitwise reproducible, with the reason, compared to a relative tolerance of 1e-12 instead.
-#: None at present: the R^2 of ``lidvae_mini.latent_recovery.latent_r2`` (09_text) used to solve least squares with
+#: None at present: the R^2 of ``lidvae_mini.evaluation.latent_recovery.latent_r2`` (09_text) used to solve least squares with
 #: ``torch.linalg.lstsq``, whose LAPACK (MKL, single thread) returned results that differ in the last bits with the
 #: memory alignment of its inputs (measured: 11 of 15 element offsets of the same matrix); it now uses
 #: ``numpy.linalg.lstsq``, which gave identical bits at all 15. Everything, the trained models' numbers included,
@@ -118,7 +118,7 @@ def test_comparison_is_exact_except_the_stated_last_bits(monkeypatch):
 def run_chapter(stem: str, out) -> dict:
     """Metrics of one execution of ``stem`` at its defaults, through ``reproduce`` (papermill directly when a data
     file is absent)."""
-    from lidvae_mini import reproduce
+    from lidvae_mini.book import reproduce
     from lidvae_mini.data import MissingDataError
 
     try:
@@ -157,7 +157,7 @@ def test_metrics_record_is_hidden_and_read_back(tmp_path):
     from myst_nb.ext.glue import extract_glue_data_cell
     from nbformat.v4 import new_code_cell, new_notebook
 
-    code = ("import numpy as np\nfrom lidvae_mini.provenance import save_metrics\n"
+    code = ("import numpy as np\nfrom lidvae_mini.book.provenance import save_metrics\n"
             "metrics = {'a': np.float32(0.1), 'b': [1 / 3, float('nan')], 'n': np.int64(7)}\n"
             "save_metrics(metrics, None)\nprint('shown')")
     nb = new_notebook(cells=[new_code_cell(code)], metadata={"kernelspec": {"name": "python3", "language": "python",
@@ -204,7 +204,7 @@ def test_execution_cache_key_follows_the_package_not_the_chapters(tmp_path):
     key = _make("exec-key", tmp_path, **data)
     assert len(key) == 64 and _make("exec-key", tmp_path, **data) == key
 
-    train = tmp_path / "lidvae_mini" / "train.py"
+    train = tmp_path / "lidvae_mini" / "models" / "train.py"   # a file in a subfolder counts too
     text = train.read_text()
     os.utime(train, (1, 1))
     (tmp_path / "book" / "01_x.md").write_text("# y\n")
@@ -242,7 +242,7 @@ kernelspec: {display_name: Python 3, language: python, name: python3}
 
 ```{code-cell} ipython3
 from pathlib import Path
-from lidvae_mini.provenance import save_metrics
+from lidvae_mini.book.provenance import save_metrics
 value = int(Path("../results/value.txt").read_text())   # relative to book/: the build runs chapters there
 with open("../executions.log", "a") as f:
     f.write("ran\\n")

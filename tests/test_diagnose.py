@@ -12,15 +12,15 @@ import numpy as np
 import pytest
 import torch
 
-from lidvae_mini import ppca
-from lidvae_mini.decoders import MLPDecoder
+from lidvae_mini.exact import ppca
+from lidvae_mini.models.decoders import MLPDecoder
 from lidvae_mini.diagnose import (KL_THRESHOLD, VERDICTS, Diagnosis, Thresholds, TorchModel, _verdicts,
                                   cluster_log_likelihoods, diagnose, ppca_model, sensitivity_threshold,
                                   with_ignored_latents, with_prior_posterior)
-from lidvae_mini.encoders import GaussianEncoder
-from lidvae_mini.mixture import MixtureVAE, build_mixture_vae
-from lidvae_mini.train import fit
-from lidvae_mini.vae import build_vae
+from lidvae_mini.models.encoders import GaussianEncoder
+from lidvae_mini.models.mixture import MixtureVAE, build_mixture_vae
+from lidvae_mini.models.train import fit
+from lidvae_mini.models.vae import build_vae
 
 USED, MODEL, INFERENCE, BORDERLINE = VERDICTS
 SIGMAS = [0.1, 0.2, 0.5, 1.0, 1.5, 2.0]   # chapter 2's sweep

@@ -4,8 +4,8 @@ import math
 import pytest
 import torch
 
-from lidvae_mini.encoders import (AffineCoupling, ConditionalRealNVP, GaussianEncoder, gaussian_log_prob,
-                                  make_encoder)
+from lidvae_mini.models.encoders import (AffineCoupling, ConditionalRealNVP, GaussianEncoder, gaussian_log_prob,
+                                         make_encoder)
 
 
 def _perturbed_flow(data_dim=3, latent_dim=2, seed=0, n_layers=2, size=0.5):

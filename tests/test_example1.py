@@ -9,10 +9,10 @@ import pytest
 import torch
 from torch import nn
 
-from lidvae_mini.decoders import InjectiveDecoder, MLPDecoder
-from lidvae_mini.encoders import GaussianEncoder
-from lidvae_mini.mixture import EXAMPLE1_GAMMA, PRIORS, MixtureVAE, build_mixture_vae, example1_beta
-from lidvae_mini.train import fit
+from lidvae_mini.models.decoders import InjectiveDecoder, MLPDecoder
+from lidvae_mini.models.encoders import GaussianEncoder
+from lidvae_mini.models.mixture import EXAMPLE1_GAMMA, PRIORS, MixtureVAE, build_mixture_vae, example1_beta
+from lidvae_mini.models.train import fit
 
 TINY = dict(encoder="gaussian", encoder_hidden=(8,), cluster_hidden=(8,), icnn_width=8, seed=0)
 
@@ -35,7 +35,7 @@ def test_example1_is_the_default_lidgmvae_and_the_gmvae_keeps_learned_priors():
 
 
 def test_gamma_is_the_stated_choice():
-    """γ = 3 is a stated choice (lidvae_mini.mixture.EXAMPLE1_GAMMA; the paper leaves it open): the committed
+    """γ = 3 is a stated choice (lidvae_mini.models.mixture.EXAMPLE1_GAMMA; the paper leaves it open): the committed
     Example-1 results and the chapters' prose depend on it, so a change must be deliberate. Any two cluster means
     are then γ√2 = 4.24 prior standard deviations apart."""
     assert EXAMPLE1_GAMMA == 3.0

@@ -1,7 +1,7 @@
 """Faults during training (issue 12): a run killed with SIGKILL, a checkpoint torn by a death inside the save, and a
 NaN loss.
 
-- **Kill and resume.** A :func:`lidvae_mini.train.fit` run in a subprocess is SIGKILLed by this process in the middle
+- **Kill and resume.** A :func:`lidvae_mini.models.train.fit` run in a subprocess is SIGKILLed by this process in the middle
   of an epoch, after checkpoints exist; a fresh process resumes it from its checkpoint. The finished run's
   checkpoint (parameters, optimizer state, RNG states, step counter and per-epoch metrics) equals that of an
   uninterrupted run **bitwise** on CPU: every process uses one intra-op thread, the shuffles, binarisation bits and
@@ -11,10 +11,10 @@ NaN loss.
   before the atomic replace: the previous checkpoint is intact and loads with ``weights_only=True``, the torn
   temporary file is never read, and the resumed run again ends bitwise equal to the uninterrupted one.
 - **NaN guard.** A NaN injected into the training loss at a chosen step stops training with
-  :class:`~lidvae_mini.train.NonFiniteLossError` naming that epoch and step; the last good checkpoint is byte for
+  :class:`~lidvae_mini.models.train.NonFiniteLossError` naming that epoch and step; the last good checkpoint is byte for
   byte the one written before, and loads with ``weights_only=True``.
 
-The same three faults are tested for the aggregate VAE's own training loop (:func:`lidvae_mini.avae.fit_avae`,
+The same three faults are tested for the aggregate VAE's own training loop (:func:`lidvae_mini.models.avae.fit_avae`,
 issue 11), whose checkpoint holds no torch RNG state (its encoder is deterministic; the KDE subsets, batches and
 binarisation bits come from its seeded generator, which is saved).
 """
@@ -32,9 +32,9 @@ import pytest
 import torch
 
 from conftest import ROOT
-from lidvae_mini import avae as avae_mod
-from lidvae_mini import train as train_mod
-from lidvae_mini.train import NonFiniteLossError, load_checkpoint
+from lidvae_mini.models import avae as avae_mod
+from lidvae_mini.models import train as train_mod
+from lidvae_mini.models.train import NonFiniteLossError, load_checkpoint
 
 # Two set-ups, both small (a few seconds per process): a Gaussian LIDVAE on the pinwheel with Adam, and a Bernoulli
 # LIDVAE with dynamic binarisation (so the data generator's state matters too) and RMSProp (momentum state).
@@ -42,8 +42,8 @@ SETUP = textwrap.dedent("""
     import numpy as np
     import torch
     from lidvae_mini.data.pinwheel import make_pinwheel
-    from lidvae_mini import avae, train
-    from lidvae_mini.vae import build_vae
+    from lidvae_mini.models import avae, train
+    from lidvae_mini.models.vae import build_vae
     SMALL = dict(encoder_hidden=(16,), hidden1=(8,), hidden2=(8,))
 
     def setup(name):

@@ -20,7 +20,7 @@ def test_package_imports_arviz_without_its_daily_notice_on_a_fresh_cache(tmp_pat
     plain = _run("import arviz", tmp_path / "plain")
     if NOTICE not in plain.stderr:
         pytest.skip("this ArviZ version no longer prints its daily notice; the filter has nothing to hide")
-    ours = _run("from lidvae_mini.hmc import import_arviz; az = import_arviz(); print(az.__name__)", tmp_path / "ours")
+    ours = _run("from lidvae_mini.exact.hmc import import_arviz; az = import_arviz(); print(az.__name__)", tmp_path / "ours")
     assert ours.returncode == 0, ours.stderr
     assert ours.stdout.strip() == "arviz"
     assert NOTICE not in ours.stderr
@@ -29,7 +29,7 @@ def test_package_imports_arviz_without_its_daily_notice_on_a_fresh_cache(tmp_pat
 def test_the_filter_is_narrow():
     import warnings
 
-    from lidvae_mini.hmc import import_arviz
+    from lidvae_mini.exact.hmc import import_arviz
 
     import_arviz()
     with warnings.catch_warnings(record=True) as caught:

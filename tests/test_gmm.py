@@ -6,7 +6,7 @@ import pytest
 from scipy import integrate, optimize, stats
 from scipy.special import logsumexp
 
-from lidvae_mini import gmm
+from lidvae_mini.exact import gmm
 from lidvae_mini.data import load_official
 
 BETA55_SD = float(stats.beta(5, 5).std())  # 0.1508

@@ -1,11 +1,11 @@
-"""The GMVAE's likelihood maximizers (paper Sec. 2.2): lidvae_mini.gmvae."""
+"""The GMVAE's likelihood maximizers (paper Sec. 2.2): lidvae_mini.exact.gmvae."""
 from __future__ import annotations
 
 import numpy as np
 import pytest
 from scipy import special, stats
 
-from lidvae_mini import gmvae as g
+from lidvae_mini.exact import gmvae as g
 
 GRID = 40001
 

@@ -6,7 +6,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from lidvae_mini.icnn import ICNN
+from lidvae_mini.models.icnn import ICNN
 
 ACTS = ["leaky_relu", "softplus"]
 

@@ -1,11 +1,11 @@
-"""lidvae_mini.latent_recovery: recovery of a known latent (linear and k-NN R^2) and the generator's log p(x)."""
+"""lidvae_mini.evaluation.latent_recovery: recovery of a known latent (linear and k-NN R^2) and the generator's log p(x)."""
 import math
 
 import numpy as np
 import pytest
 import torch
 
-from lidvae_mini.latent_recovery import generator_log_likelihood, knn_r2, latent_r2, latent_recovery
+from lidvae_mini.evaluation.latent_recovery import generator_log_likelihood, knn_r2, latent_r2, latent_recovery
 
 
 def _latents(n=600, seed=0):

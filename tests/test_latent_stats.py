@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 from scipy.special import logsumexp
 
-from lidvae_mini.latent_stats import (collapsed_axes, gaussian_reference_entropy, mds_embedding, mds_picture,
-                                      whitened_entropy)
+from lidvae_mini.evaluation.latent_stats import (collapsed_axes, gaussian_reference_entropy, mds_embedding, mds_picture,
+                                                 whitened_entropy)
 
 matplotlib.use("Agg")
 

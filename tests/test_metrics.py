@@ -7,10 +7,10 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from lidvae_mini.metrics import (active_units, cluster_accuracy, gaussian_log_density_matrix, iwae_log_likelihood,
-                                 iwae_log_likelihood_mixture, kl_categorical_uniform, kl_gaussian,
-                                 kl_gaussian_standard, kl_gaussian_standard_per_dim, kl_monte_carlo,
-                                 mutual_information)
+from lidvae_mini.evaluation.metrics import (active_units, cluster_accuracy, gaussian_log_density_matrix,
+                                            iwae_log_likelihood, iwae_log_likelihood_mixture, kl_categorical_uniform,
+                                            kl_gaussian, kl_gaussian_standard, kl_gaussian_standard_per_dim,
+                                            kl_monte_carlo, mutual_information)
 
 D = torch.distributions
 
@@ -291,7 +291,7 @@ def test_majority_versus_hungarian():
 def test_mi_standard_error_and_report():
     """The per-point terms of the MI estimator average to the estimate; their standard error shrinks as 1/sqrt(N);
     an encoder that ignores x gives an estimate near 0 that can be negative, which the report shows as 0."""
-    from lidvae_mini.metrics import mutual_information, mutual_information_report
+    from lidvae_mini.evaluation.metrics import mutual_information, mutual_information_report
 
     g = torch.Generator().manual_seed(0)
     mu = torch.randn(400, 2, generator=g, dtype=torch.float64)
@@ -316,7 +316,7 @@ def test_mi_standard_error_and_report():
 
 
 def test_learning_curve_flat():
-    from lidvae_mini.metrics import learning_curve_flat
+    from lidvae_mini.evaluation.metrics import learning_curve_flat
 
     assert learning_curve_flat([200, 150, 110, 109.6, 109.5, 109.2, 109.1, 109.05], window=5, tol=1.0)
     assert not learning_curve_flat([200, 150, 120, 110, 108, 106, 104, 103], window=5, tol=1.0)
@@ -330,7 +330,7 @@ def test_learning_curve_flat():
 
 
 def test_budget_sentence_follows_the_rule():
-    from lidvae_mini.prose import budget_sentence
+    from lidvae_mini.book.prose import budget_sentence
 
     flat = [200, 150, 110, 109.6, 109.5, 109.2, 109.1, 109.05]
     moving = [200, 150, 120, 110, 108, 106, 104, 103]

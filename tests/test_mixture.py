@@ -7,11 +7,11 @@ import torch
 from torch import distributions as td
 from torch import nn
 
-from lidvae_mini.decoders import InjectiveDecoder, MLPDecoder, count_parameters
-from lidvae_mini.encoders import GaussianEncoder
-from lidvae_mini.mixture import (METRIC_KEYS, PAPER_BETA, MixtureVAE, build_mixture_vae, default_prior_means,
-                                 evaluate_mixture)
-from lidvae_mini.train import evaluate, fit
+from lidvae_mini.models.decoders import InjectiveDecoder, MLPDecoder, count_parameters
+from lidvae_mini.models.encoders import GaussianEncoder
+from lidvae_mini.models.mixture import (METRIC_KEYS, PAPER_BETA, MixtureVAE, build_mixture_vae, default_prior_means,
+                                        evaluate_mixture)
+from lidvae_mini.models.train import evaluate, fit
 
 TINY = dict(encoder_hidden=(8,), cluster_hidden=(8,), icnn_width=8, seed=0)
 
@@ -220,7 +220,7 @@ def test_confident_q_y_gives_finite_gradients(trainer):
 
     Regression: the entropy computed as xlogy(p, p) has the gradient 0/0 at p = 0; it stopped the pinwheel
     LIDGMVAE at depth 3 on three seeds of five (``results/07_lidgmvae_pinwheel``)."""
-    from lidvae_mini.baselines import sa_vae_loss
+    from lidvae_mini.models.baselines import sa_vae_loss
 
     torch.manual_seed(0)
     model = build_mixture_vae("lidgmvae", 2, 2, 3, "gaussian", 1, encoder="gaussian", encoder_hidden=[8],
@@ -240,7 +240,7 @@ def test_confident_q_y_gives_finite_gradients(trainer):
 def test_flow_mean_matches_the_encoders_mean():
     """The mixture's fast RealNVP posterior mean is ConditionalRealNVP.mean with the context part of each coupling's
     first layer computed once per context."""
-    from lidvae_mini.mixture import flow_mean
+    from lidvae_mini.models.mixture import flow_mean
 
     model = _tiny("gmvae", D=5, K=3, C=4, encoder="realnvp")
     with torch.no_grad():

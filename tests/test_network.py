@@ -1,5 +1,5 @@
 """Nothing touches the network (issue 12): importing every module of the package and running a fast chapter through
-``python -m lidvae_mini.reproduce`` make no connection, datagram or name lookup off the loopback interface.
+``python -m lidvae_mini.book.reproduce`` make no connection, datagram or name lookup off the loopback interface.
 
 The guard (``conftest.NETWORK_GUARD``) is a ``sitecustomize`` on ``PYTHONPATH``: every Python process started under
 it loads it, the notebook kernel included (checked: the kernel's process appears in the guard's list of processes),
@@ -64,7 +64,7 @@ def test_import_and_a_chapter_run_stay_off_the_network(guarded, tmp_path):
     assert not _refused(folder), _refused(folder)
 
     out = tmp_path / "run"
-    res = subprocess.run([sys.executable, "-m", "lidvae_mini.reproduce", "01_theorem", "--out", str(out)], env=env,
+    res = subprocess.run([sys.executable, "-m", "lidvae_mini.book.reproduce", "01_theorem", "--out", str(out)], env=env,
                          cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert res.returncode == 0, res.stdout + res.stderr
     assert json.loads((out / "environment.json").read_text())["status"] == "completed"

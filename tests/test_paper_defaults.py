@@ -7,11 +7,11 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from lidvae_mini.baselines import build_method
-from lidvae_mini.icnn import ICNN
-from lidvae_mini.metrics import active_units
-from lidvae_mini.mixture import build_mixture_vae
-from lidvae_mini.vae import build_vae
+from lidvae_mini.models.baselines import build_method
+from lidvae_mini.models.icnn import ICNN
+from lidvae_mini.evaluation.metrics import active_units
+from lidvae_mini.models.mixture import build_mixture_vae
+from lidvae_mini.models.vae import build_vae
 
 
 def test_au_threshold_is_0_01_by_default():

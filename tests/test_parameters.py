@@ -1,4 +1,4 @@
-"""lidvae_mini.parameters, the one source of truth of every chapter's parameter types and ranges, agrees with the
+"""lidvae_mini.book.parameters, the one source of truth of every chapter's parameter types and ranges, agrees with the
 chapters' parameters cells, their check cells and the committed parameter files."""
 from __future__ import annotations
 
@@ -7,15 +7,15 @@ import re
 import nbformat
 import pytest
 
-from lidvae_mini import parameters
-from lidvae_mini.reproduce import chapter_parameters, chapters, resolve_parameters
+from lidvae_mini.book import parameters
+from lidvae_mini.book.reproduce import chapter_parameters, chapters, resolve_parameters
 from conftest import BOOK
 
 CHAPTERS = sorted(chapters(BOOK))
 
 
 def test_every_chapter_has_a_spec_and_every_spec_a_chapter():
-    assert set(CHAPTERS) == set(parameters.SPECS), "add the chapter's spec to lidvae_mini/parameters.py"
+    assert set(CHAPTERS) == set(parameters.SPECS), "add the chapter's spec to lidvae_mini/book/parameters.py"
 
 
 @pytest.mark.parametrize("chapter", CHAPTERS)
@@ -50,14 +50,14 @@ def test_the_cell_after_the_parameters_cell_checks_them(chapter):
 
 
 def test_image_names_agree_with_the_package():
-    from lidvae_mini.baselines import IMAGE_ENCODERS, IMAGE_METHODS
+    from lidvae_mini.models.baselines import IMAGE_ENCODERS, IMAGE_METHODS
     from lidvae_mini.data import DATASETS
-    from lidvae_mini.remedies import REMEDIES
+    from lidvae_mini.experiments.remedies import REMEDIES
 
     assert parameters.REMEDIES == tuple(REMEDIES)
-    from lidvae_mini.text_methods import TEXT_METHODS
+    from lidvae_mini.experiments.text_methods import TEXT_METHODS
     assert parameters.TEXT_METHODS == TEXT_METHODS
-    from lidvae_mini.decoders import DECODER_VARIANTS
+    from lidvae_mini.models.decoders import DECODER_VARIANTS
     assert parameters.DECODER_VARIANTS == DECODER_VARIANTS
     assert set(parameters.IMAGE_METHODS) == set(IMAGE_METHODS)
     assert set(parameters.IMAGE_ENCODERS) == set(IMAGE_ENCODERS)

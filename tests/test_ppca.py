@@ -1,10 +1,10 @@
-"""Tests of lidvae_mini.ppca: closed forms against numerics, NUTS against the exact posterior, the paper's claims."""
+"""Tests of lidvae_mini.exact.ppca: closed forms against numerics, NUTS against the exact posterior, the paper's claims."""
 import numpy as np
 import pytest
 from scipy.optimize import minimize
 from scipy.stats import norm
 
-from lidvae_mini import ppca
+from lidvae_mini.exact import ppca
 
 SIGMAS = [0.1, 0.2, 0.5, 1.0, 1.5, 2.0]
 # Reference table (notes on the official implementation, Sec. 6.4): exact posterior sd of each latent with

@@ -292,10 +292,10 @@ def test_a_missing_committed_result_is_reported(toy_results):
     assert any("has no metrics.json" in p for p in check_chapter(text, toy_results))
 
 
-# --- lidvae_mini.prose: the helpers chapters build generated sentences with ------------------------------------
+# --- lidvae_mini.book.prose: the helpers chapters build generated sentences with ------------------------------------
 
 def test_prose_helpers_write_counts_ranges_and_numbers():
-    from lidvae_mini.prose import count_of, fmt, listing, number_word, ordinal, sci, span
+    from lidvae_mini.book.prose import count_of, fmt, listing, number_word, ordinal, sci, span
 
     assert [number_word(k) for k in (0, 5, 12, 13)] == ["zero", "five", "twelve", "13"]
     assert (count_of(8, 10), count_of(10, 10), count_of(0, 3), count_of(2, 2)) == \
@@ -311,8 +311,8 @@ def test_prose_helpers_write_counts_ranges_and_numbers():
 
 
 def test_result_tag_names_folder_scale_and_commit(tmp_path):
-    from lidvae_mini.prose import result_tag
-    from lidvae_mini.results import Result
+    from lidvae_mini.book.prose import result_tag
+    from lidvae_mini.book.results import Result
 
     res = Result(tmp_path / "07_x" / "cpu", {}, {}, {"scale": "cpu", "commits": ["5d2634b9af53"]})
     assert result_tag(res) == "results/07_x/cpu, cpu scale, commit 5d2634b"

@@ -7,7 +7,7 @@ import numpy as np
 
 import pytest
 
-from lidvae_mini.provenance import SCALES, check_scale, environment_info, metrics_have_results, save_metrics
+from lidvae_mini.book.provenance import SCALES, check_scale, environment_info, metrics_have_results, save_metrics
 
 
 def test_save_metrics_converts_arrays_and_non_finite(tmp_path):
@@ -27,7 +27,7 @@ def test_environment_records_commit_versions_and_device():
 def test_untracked_package_file_makes_the_tree_dirty(tmp_path):
     import subprocess
 
-    from lidvae_mini.provenance import git_commit
+    from lidvae_mini.book.provenance import git_commit
 
     run = lambda *a: subprocess.run(["git", *a], cwd=tmp_path, check=True, capture_output=True)
     run("init", "-q")

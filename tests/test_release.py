@@ -1,5 +1,5 @@
 """Release pinning: ``lidvae_mini.__version__`` is the one source; every Colab pin (``.md`` and ``.ipynb``), the launch
-branch of ``_config.yml`` and ``CHANGELOG.md`` follow it, and ``python -m lidvae_mini.release bump`` keeps them so."""
+branch of ``_config.yml`` and ``CHANGELOG.md`` follow it, and ``python -m lidvae_mini.book.release bump`` keeps them so."""
 from __future__ import annotations
 
 import os
@@ -13,7 +13,7 @@ import pytest
 
 import lidvae_mini
 from conftest import ROOT, chapter_sources
-from lidvae_mini import release
+from lidvae_mini.book import release
 
 
 def _copy_release_files(dst):
@@ -30,7 +30,7 @@ def _copy_release_files(dst):
 
 def test_the_repository_is_consistent_with_its_version():
     errors, _ = release.check(ROOT)
-    assert errors == [], "\n".join(errors) + "\nfix: python -m lidvae_mini.release bump X.Y.Z (CONTRIBUTING.md)"
+    assert errors == [], "\n".join(errors) + "\nfix: python -m lidvae_mini.book.release bump X.Y.Z (CONTRIBUTING.md)"
     assert release.read_version(ROOT) == lidvae_mini.__version__
 
 
@@ -116,7 +116,7 @@ def test_require_tag_in_a_scratch_repository(tmp_path):
 
 
 def test_command_line(tmp_path):
-    run = [sys.executable, "-m", "lidvae_mini.release"]
+    run = [sys.executable, "-m", "lidvae_mini.book.release"]
     ok = subprocess.run([*run, "--root", str(ROOT), "check"], capture_output=True, text=True, timeout=120)
     assert ok.returncode == 0, ok.stdout + ok.stderr
     bad = subprocess.run([*run, "--root", str(tmp_path), "bump", "1.0.0"], capture_output=True, text=True,

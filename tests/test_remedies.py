@@ -8,9 +8,9 @@ import pytest
 import torch
 from torch import nn
 
-from lidvae_mini import remedies as R
-from lidvae_mini.baselines import fit_baseline, run_method
-from lidvae_mini.mixture import build_mixture_vae
+from lidvae_mini.experiments import remedies as R
+from lidvae_mini.models.baselines import fit_baseline, run_method
+from lidvae_mini.models.mixture import build_mixture_vae
 
 D, K, C = 20, 4, 3
 

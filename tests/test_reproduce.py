@@ -1,4 +1,4 @@
-"""python -m lidvae_mini.reproduce: parameter resolution, clear errors before running, run folder contents."""
+"""python -m lidvae_mini.book.reproduce: parameter resolution, clear errors before running, run folder contents."""
 from __future__ import annotations
 
 import json
@@ -10,7 +10,7 @@ import nbformat
 import pytest
 import yaml
 
-from lidvae_mini import reproduce
+from lidvae_mini.book import reproduce
 from conftest import BOOK, ROOT
 
 TINY_CHAPTER = """---
@@ -31,7 +31,7 @@ out_dir = None
 ```
 
 ```{code-cell} ipython3
-from lidvae_mini.provenance import save_metrics
+from lidvae_mini.book.provenance import save_metrics
 save_metrics({"n": n, "total": sum(range(n)), "label": label}, out_dir)
 ```
 """
@@ -59,7 +59,7 @@ def _cli(*args, env_extra=None, cwd=ROOT):
     import os
 
     env = {**os.environ, **(env_extra or {})}
-    return subprocess.run([sys.executable, "-m", "lidvae_mini.reproduce", *map(str, args)], cwd=cwd, env=env,
+    return subprocess.run([sys.executable, "-m", "lidvae_mini.book.reproduce", *map(str, args)], cwd=cwd, env=env,
                           capture_output=True, text=True, timeout=300)
 
 
@@ -103,11 +103,11 @@ def test_run_writes_notebook_params_metrics_and_environment(tiny_book, tmp_path)
 
 
 def test_cli_lists_chapters_and_rejects_unknown_names():
-    listing = subprocess.run([sys.executable, "-m", "lidvae_mini.reproduce"], cwd=ROOT, capture_output=True,
+    listing = subprocess.run([sys.executable, "-m", "lidvae_mini.book.reproduce"], cwd=ROOT, capture_output=True,
                              text=True, check=True).stdout
     for nb in BOOK.glob("[0-9]*.ipynb"):
         assert nb.stem in listing
-    bad = subprocess.run([sys.executable, "-m", "lidvae_mini.reproduce", "no_such_chapter"], cwd=ROOT,
+    bad = subprocess.run([sys.executable, "-m", "lidvae_mini.book.reproduce", "no_such_chapter"], cwd=ROOT,
                          capture_output=True, text=True)
     assert bad.returncode == 2 and "unknown chapter 'no_such_chapter'" in bad.stderr
 
@@ -228,9 +228,9 @@ def test_the_kernels_own_log_stays_off_the_console(tmp_path):
     console, while the run itself completes."""
     book = tmp_path / "book"
     book.mkdir()
-    noisy = TINY_CHAPTER.replace("from lidvae_mini.provenance import save_metrics", "from ipykernel.kernelapp import "
+    noisy = TINY_CHAPTER.replace("from lidvae_mini.book.provenance import save_metrics", "from ipykernel.kernelapp import "
                                  "IPKernelApp\nIPKernelApp.instance().kernel.log.error('KeyboardInterrupt caught in "
-                                 "kernel.')\nfrom lidvae_mini.provenance import save_metrics")
+                                 "kernel.')\nfrom lidvae_mini.book.provenance import save_metrics")
     (book / "00_noisy.md").write_text(noisy)
     nbformat.write(jupytext.read(book / "00_noisy.md"), book / "00_noisy.ipynb")
     res = _cli("00_noisy", "--book", book, "--out", tmp_path / "run")

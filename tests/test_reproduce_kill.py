@@ -24,7 +24,7 @@ SLOW_CHAPTER = TINY_CHAPTER.replace(
 
 
 def _cli(book, out, *args):
-    return [sys.executable, "-m", "lidvae_mini.reproduce", "00_tiny", "--book", str(book), "--out", str(out), *args]
+    return [sys.executable, "-m", "lidvae_mini.book.reproduce", "00_tiny", "--book", str(book), "--out", str(out), *args]
 
 
 @pytest.mark.skipif(sys.platform == "win32", reason="process groups and SIGKILL are POSIX")

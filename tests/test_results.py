@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import yaml
 
-from lidvae_mini.results import aggregate_metrics, load_result, main, mean_sd_text, per_seed, summarise_runs
+from lidvae_mini.book.results import aggregate_metrics, load_result, main, mean_sd_text, per_seed, summarise_runs
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -184,7 +184,7 @@ def test_committed_results_are_complete_and_traceable(folder):
 def test_committed_results_carry_a_scale_label_shown_in_their_provenance_and_readme(folder):
     """Every results/CHAPTER/SETTING records "scale" (ci, cpu or paper) in environment.json; load_result exposes
     it, the provenance line chapters print starts with it, and results/README.md's row for it names it."""
-    from lidvae_mini.provenance import SCALES, metrics_have_results
+    from lidvae_mini.book.provenance import SCALES, metrics_have_results
 
     env = json.loads((folder / "environment.json").read_text())
     assert env.get("scale") in SCALES, f"{folder}: no valid scale label"

@@ -9,7 +9,7 @@ import pytest
 import yaml
 
 from conftest import BOOK, ROOT, toc_files
-from lidvae_mini import results
+from lidvae_mini.book import results
 
 FOLDERS = sorted(f"results/{p.parent.name}/{p.name}" for p in (ROOT / "results").glob("*/*") if p.is_dir())
 HTML = ROOT / "_build" / "html" / "book" / "results.html"

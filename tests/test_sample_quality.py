@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 from scipy import linalg
 
-from lidvae_mini import sample_quality as sq
-from lidvae_mini.sample_quality import (classifier_accuracy, classifier_features, frechet_distance,
-                                        load_mnist_classifier, precision_recall)
+from lidvae_mini.evaluation import sample_quality as sq
+from lidvae_mini.evaluation.sample_quality import (classifier_accuracy, classifier_features, frechet_distance,
+                                                   load_mnist_classifier, precision_recall)
 
 torch = pytest.importorskip("torch")
 

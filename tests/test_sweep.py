@@ -1,10 +1,10 @@
-"""python -m lidvae_mini.sweep: validation before submission, run folders, resume, retries, and a two-node Ray
+"""python -m lidvae_mini.book.sweep: validation before submission, run folders, resume, retries, and a two-node Ray
 cluster on loopback addresses (a lost worker and a lost node lose no result).
 
 Network: Ray rewrites ``127.0.0.1``/``localhost`` into the machine's routable address, so the test cluster uses
 other loopback addresses (``127.0.0.2`` head, ``127.0.0.3`` worker node); the sweep's local runtime is kept on
 ``127.0.0.1``; Ray's own probes of cloud metadata services and its usage report are switched off
-(:func:`lidvae_mini.sweep.ray_offline_env`). A ``sitecustomize`` guard (``conftest.NETWORK_GUARD``) in every
+(:func:`lidvae_mini.book.sweep.ray_offline_env`). A ``sitecustomize`` guard (``conftest.NETWORK_GUARD``) in every
 subprocess of these tests (sweep, ``ray start`` and all Python processes Ray starts, notebook kernels) refuses
 and records any connection, datagram or name lookup that is not on the loopback interface; the module fails if one
 was attempted.
@@ -35,7 +35,7 @@ from conftest import NETWORK_GUARD, ROOT
 
 import ray  # noqa: F401  - a test dependency (requirements.txt): a missing Ray fails here, it is not skipped
 
-from lidvae_mini import sweep  # noqa: E402
+from lidvae_mini.book import sweep  # noqa: E402
 
 HEAD_IP, WORKER_IP = "127.0.0.2", "127.0.0.3"
 # Token authentication with a token of this test run only: the same for every node and driver, and independent of
@@ -130,12 +130,12 @@ def _env(**extra) -> dict:
 
 def _ray_node_env(home: Path) -> dict:
     """The environment of ``ray start``: :func:`_env` plus the variables that keep Ray's own processes off the
-    network (no cloud metadata probe, no usage report; see :func:`lidvae_mini.sweep.ray_offline_env`)."""
+    network (no cloud metadata probe, no usage report; see :func:`lidvae_mini.book.sweep.ray_offline_env`)."""
     return _env(**sweep.ray_offline_env(home))
 
 
 def _sweep_cmd(*args) -> list[str]:
-    return [sys.executable, "-m", "lidvae_mini.sweep", *map(str, args)]
+    return [sys.executable, "-m", "lidvae_mini.book.sweep", *map(str, args)]
 
 
 def _run_sweep(*args, timeout=240, **env):
@@ -176,7 +176,7 @@ def test_point_labels_and_folders(fake_book, tmp_path):
     assert specs[0].folder == tmp_path / "scale_x=1,sleep_s=0" / "seed_3"
     assert specs[0].params["seed"] == 3 and specs[3].params["scale_x"] == 2.5
     assert [s.scale for s in specs] == ["ci", "ci", "cpu", "cpu"]
-    assert specs[2].command[:4] == ["python", "-m", "lidvae_mini.reproduce", "fake"]
+    assert specs[2].command[:4] == ["python", "-m", "lidvae_mini.book.reproduce", "fake"]
     assert "scale_x=2.5" in specs[2].command and "seed=3" in specs[2].command
     assert all(s.num_cpus == 1 and s.num_gpus == 0 for s in specs)
     assert not tmp_path.joinpath("scale_x=1,sleep_s=0").exists()   # planning makes no folder
@@ -553,7 +553,7 @@ def test_a_sweep_submitted_through_the_ray_jobs_api(jobs_head, tmp_path):
     """`ray job submit` (the supported way to start a driver on a remote cluster, as the module docstring shows)
     runs the sweep on the head node: the run completes there and its folder is written."""
     out = tmp_path / "out"
-    driver = f"cd {ROOT} && {sys.executable} -m lidvae_mini.sweep 01_theorem --seeds 0 --out {out} --address auto"
+    driver = f"cd {ROOT} && {sys.executable} -m lidvae_mini.book.sweep 01_theorem --seeds 0 --out {out} --address auto"
     res = subprocess.run([_ray_cli(), "job", "submit", "--address", jobs_head["jobs"], "--", "bash", "-c", driver],
                          env=_ray_node_env(jobs_head["home"]), capture_output=True, text=True, timeout=300)
     assert res.returncode == 0, res.stdout + res.stderr

@@ -1,11 +1,12 @@
-"""lidvae_mini.text_methods: the text rows of 09_text, the decision rule of its decoder comparison, keep_best."""
+"""lidvae_mini.experiments.text_methods: the text rows of 09_text, the decision rule of its decoder comparison, keep_best."""
 import pytest
 import torch
 
 from lidvae_mini.data.text import length_batches, load_yelp, make_synthetic_text
-from lidvae_mini.text import build_text_vae, elbo_eval, fit_text
-from lidvae_mini.text_methods import (LIDSVAE_DECODERS, TEXT_METHODS, build_text_method, decoder_verdicts,
-                                      generator_ceiling, run_corpus, run_text_method, seed_tables, text_findings)
+from lidvae_mini.models.text import build_text_vae, elbo_eval, fit_text
+from lidvae_mini.experiments.text_methods import (LIDSVAE_DECODERS, TEXT_METHODS, build_text_method, decoder_verdicts,
+                                                  generator_ceiling, run_corpus, run_text_method, seed_tables,
+                                                  text_findings)
 
 SMALL = dict(embed_dim=8, enc_hidden=8, dec_hidden=8, icnn_hidden=((8,), (8,)))
 
@@ -113,7 +114,7 @@ def test_decoder_verdicts_by_hand():
 
 
 def test_fit_text_stops_on_a_non_finite_loss_or_gradient(synth):
-    from lidvae_mini.text import NonFiniteLossError
+    from lidvae_mini.models.text import NonFiniteLossError
 
     tr = length_batches(synth.train, 16, shuffle=True, seed=0)
     va = length_batches(synth.valid, 100)

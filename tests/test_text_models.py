@@ -1,14 +1,14 @@
-"""Sequential VAE / LIDSVAE (lidvae_mini.text): injectivity (minimal vs naive logits) and the text metrics."""
+"""Sequential VAE / LIDSVAE (lidvae_mini.models.text): injectivity (minimal vs naive logits) and the text metrics."""
 import math
 
 import pytest
 import torch
 
 from lidvae_mini.data.text import length_batches, make_synthetic_text
-from lidvae_mini.metrics import iwae_log_likelihood
-from lidvae_mini.text import (LIDSDecoder, LinearBrenierMap, QuadraticBrenierMap, TextVAE, build_text_vae,
-                              evaluate_text, fit_text)
-from lidvae_mini.latent_recovery import latent_r2
+from lidvae_mini.evaluation.metrics import iwae_log_likelihood
+from lidvae_mini.models.text import (LIDSDecoder, LinearBrenierMap, QuadraticBrenierMap, TextVAE, build_text_vae,
+                                     evaluate_text, fit_text)
+from lidvae_mini.evaluation.latent_recovery import latent_r2
 
 V, K = 40, 3
 
@@ -48,9 +48,9 @@ def test_lids_history_never_sees_z():
     assert dec.g1.dim == K + 8 and dec.g2.dim == V - 1
     w = torch.randn(5, K + 8)
     assert torch.equal(dec.beta_lift(w), w @ dec.beta2)  # beta_2 applied as zero padding
-    from lidvae_mini.brenier import BrenierMap
-    from lidvae_mini.decoders import FullRankLift
-    from lidvae_mini.text import lifted_brenier
+    from lidvae_mini.models.brenier import BrenierMap
+    from lidvae_mini.models.decoders import FullRankLift
+    from lidvae_mini.models.text import lifted_brenier
     for hidden in ((8,), (8, 6)):
         g = BrenierMap(V - 1, hidden)
         torch.nn.init.normal_(g.potential_net.A[0].bias)
@@ -179,7 +179,7 @@ class _IgnoringDecoder(torch.nn.Module):
 
 
 def test_decoder_ignoring_z_gives_au_zero_and_kl_to_zero():
-    from lidvae_mini.text import LSTMEncoder
+    from lidvae_mini.models.text import LSTMEncoder
     torch.manual_seed(0)
     d = make_synthetic_text(200, 50, 50, latent_dim=K, vocab_size=30)
     m = TextVAE(LSTMEncoder(len(d.vocab), 8, 8, K), _IgnoringDecoder())
@@ -187,7 +187,7 @@ def test_decoder_ignoring_z_gives_au_zero_and_kl_to_zero():
     h = fit_text(m, tr, epochs=15, lr=1e-2, seed=0)
     assert h["train_kl"][-1] < 0.05 * h["train_kl"][0] + 1e-3
     mu = torch.cat([m.encode_mean(x) for _, x in length_batches(d.test, 50)])
-    from lidvae_mini.metrics import active_units
+    from lidvae_mini.evaluation.metrics import active_units
     assert active_units(mu.detach())["count"] == 0
 
 
@@ -220,8 +220,8 @@ def test_latent_r2():
 
 
 def test_sa_vae_refinement_and_gradients():
-    from lidvae_mini.baselines import svi_refine
-    from lidvae_mini.text import sa_text_loss
+    from lidvae_mini.models.baselines import svi_refine
+    from lidvae_mini.models.text import sa_text_loss
     torch.manual_seed(0)
     m = build_text_vae("vae", V, latent_dim=K, embed_dim=8, enc_hidden=8, dec_hidden=8)
     x = _x(B=8)

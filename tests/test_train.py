@@ -5,10 +5,10 @@ import numpy as np
 import pytest
 import torch
 
-from lidvae_mini import train as train_mod
+from lidvae_mini.models import train as train_mod
 from lidvae_mini.data.pinwheel import make_pinwheel
-from lidvae_mini.train import CHECKPOINT_FILE, HISTORY_KEYS, NonFiniteLossError, evaluate, fit, load_checkpoint
-from lidvae_mini.vae import build_vae
+from lidvae_mini.models.train import CHECKPOINT_FILE, HISTORY_KEYS, NonFiniteLossError, evaluate, fit, load_checkpoint
+from lidvae_mini.models.vae import build_vae
 
 SMALL = dict(encoder_hidden=(16,), hidden1=(8,), hidden2=(8,))
 

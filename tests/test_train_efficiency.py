@@ -13,9 +13,9 @@ from torch import nn
 
 from conftest import BOOK, ROOT
 from lidvae_mini.data.pinwheel import make_pinwheel
-from lidvae_mini.mixture import build_mixture_vae
-from lidvae_mini.train import CHECKPOINT_FILE, HISTORY_KEYS, NonFiniteLossError, fit, load_checkpoint
-from lidvae_mini.vae import build_vae
+from lidvae_mini.models.mixture import build_mixture_vae
+from lidvae_mini.models.train import CHECKPOINT_FILE, HISTORY_KEYS, NonFiniteLossError, fit, load_checkpoint
+from lidvae_mini.models.vae import build_vae
 
 SMALL = dict(encoder_hidden=(16,), hidden1=(8,), hidden2=(8,))
 
@@ -251,7 +251,7 @@ BF16_MODELS = {
                                 hidden2=(16,)),
 }
 _ICNN_BF16 = pytest.mark.xfail(raises=TypeError, strict=True,
-                               reason="the ICNN's input check (lidvae_mini/icnn.py) rejects autocast's bfloat16 "
+                               reason="the ICNN's input check (lidvae_mini/models/icnn.py) rejects autocast's bfloat16 "
                                       "input of g_2; remove this mark when it accepts it")
 
 
@@ -301,7 +301,7 @@ def _paper_file(chapter):
 
 @pytest.mark.parametrize("chapter", sorted(PAPER))
 def test_paper_yaml_is_valid_and_at_the_papers_scale(chapter):
-    from lidvae_mini.reproduce import chapter_parameters, parse_overrides, resolve_parameters
+    from lidvae_mini.book.reproduce import chapter_parameters, parse_overrides, resolve_parameters
 
     defaults = chapter_parameters(BOOK / f"{chapter}.ipynb")
     path = _paper_file(chapter)

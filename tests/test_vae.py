@@ -4,10 +4,10 @@ import math
 import pytest
 import torch
 
-from lidvae_mini.decoders import InjectiveDecoder, MLPDecoder, count_parameters
-from lidvae_mini.encoders import GaussianEncoder
-from lidvae_mini.metrics import iwae_log_likelihood
-from lidvae_mini.vae import LIDVAE, PAPER_BETA, VAE, build_vae
+from lidvae_mini.models.decoders import InjectiveDecoder, MLPDecoder, count_parameters
+from lidvae_mini.models.encoders import GaussianEncoder
+from lidvae_mini.evaluation.metrics import iwae_log_likelihood
+from lidvae_mini.models.vae import LIDVAE, PAPER_BETA, VAE, build_vae
 
 
 def _grid_log_marginal(model, x, lim=7.0, n=301):
@@ -109,7 +109,7 @@ def test_build_vae_matches_decoder_sizes(D, K, head, hidden1, hidden2):
 def test_the_book_default_decoder_and_the_papers():
     """K < D: the book's learned full-rank beta with g_2 initialised for K inputs; K = D: the paper's identity beta;
     every variant by name, and clear errors."""
-    from lidvae_mini.decoders import BOOK_DECODER, DECODER_VARIANTS, book_decoder, decoder_variant
+    from lidvae_mini.models.decoders import BOOK_DECODER, DECODER_VARIANTS, book_decoder, decoder_variant
 
     assert book_decoder(16, 784) == BOOK_DECODER == "learned_init" and book_decoder(2, 2) == "fixed"
     m = build_vae("lidvae", 784, 16, seed=0)

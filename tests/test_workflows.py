@@ -156,7 +156,7 @@ def test_pages_workflow_checks_the_release_and_fetches_only_downloadable_data():
     from lidvae_mini.data.images import DOWNLOADABLE
 
     runs = _run_lines(_workflow())
-    assert "python -m lidvae_mini.release check --require-tag" in runs
+    assert "python -m lidvae_mini.book.release check --require-tag" in runs
     fetch = [shlex.split(line) for line in runs if "lidvae_mini.data.download" in line]
     assert len(fetch) == 1, runs
     names = fetch[0][3:]

@@ -1,7 +1,7 @@
 """Sphinx extension of the results page (book/results.md): its tables are generated when the book is built.
 
-``{committed-results}`` lists every folder under ``results/`` (:func:`lidvae_mini.results.result_rows`);
-``{paper-status}`` renders ``book/paper_status.yml`` (:func:`lidvae_mini.results.paper_status`). The Markdown they
+``{committed-results}`` lists every folder under ``results/`` (:func:`lidvae_mini.book.results.result_rows`);
+``{paper-status}`` renders ``book/paper_status.yml`` (:func:`lidvae_mini.book.results.paper_status`). The Markdown they
 produce is parsed as MyST, so their ``{ref}`` and ``{doc}`` links are checked like any other (``-W -n``). Every
 file they read is a dependency of the page: a new result folder rebuilds it.
 """
@@ -30,7 +30,7 @@ class _GeneratedMarkdown(SphinxDirective):
 
 class CommittedResults(_GeneratedMarkdown):
     def generate(self):
-        from lidvae_mini import results
+        from lidvae_mini.book import results
 
         base = results.results_dir()
         files = sorted(base.glob("*/*/*")) if base else []
@@ -40,7 +40,7 @@ class CommittedResults(_GeneratedMarkdown):
 
 class PaperStatus(_GeneratedMarkdown):
     def generate(self):
-        from lidvae_mini import results
+        from lidvae_mini.book import results
 
         return results.paper_status_markdown(results.paper_status()), [results.PAPER_STATUS_FILE]
 

@@ -2,7 +2,7 @@
 
 A docstring may name an object where it is used rather than where it is defined: ``lidvae_mini.data.data_dir``
 (defined in ``lidvae_mini.data.paths``, re-exported by ``lidvae_mini.data``), or ``ICNN`` inside
-``lidvae_mini.brenier`` (imported there from ``lidvae_mini.icnn``). autodoc documents each object once, under
+``lidvae_mini.models.brenier`` (imported there from ``lidvae_mini.models.icnn``). autodoc documents each object once, under
 its defining module, so Sphinx alone cannot resolve such a name. When a Python reference is missing, this
 extension looks the name up as Python would (in the module, or class, the reference was written in, else as a
 dotted path), and retries with the defining module's name. A name that does not exist, or whose definition

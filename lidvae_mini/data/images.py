@@ -91,7 +91,7 @@ DATASET_FILES = {
 def require_dataset(name: str, data_dir=None, verify: bool = True) -> Path | None:
     """Check, without loading anything, that every file :func:`load_dataset` reads for ``name`` is on disk.
 
-    Use it before a long run (``python -m lidvae_mini.reproduce`` does) so that a missing file fails in
+    Use it before a long run (``python -m lidvae_mini.book.reproduce`` does) so that a missing file fails in
     seconds, not after hours of training on the other datasets.
 
     Args:

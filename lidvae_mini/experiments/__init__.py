@@ -1,0 +1,7 @@
+"""The chapters' multi-model experiments, built on the library and the book's machinery.
+
+=====================  =====================================================================
+``text_methods``       the text rows of chapter 09 (one call each) and the decision rule on their decoders
+``remedies``           why the Example-1 LIDGMVAE's cluster dies, and the remedies tried on it (chapter 08)
+=====================  =====================================================================
+"""
