@@ -77,7 +77,7 @@ from .decoders import (InjectiveDecoder, MLPDecoder, bernoulli_kl_from_logits, b
 from .encoders import mlp, standard_normal_log_prob
 from ..evaluation.metrics import active_units
 from .train import NonFiniteLossError, _as_tensor, _atomic_save, load_checkpoint
-from .vae import DecoderFacts, SUPPORTED_HEADS, check_encoder_decoder
+from .vae import SUPPORTED_HEADS, DecoderFacts, EncoderFacts, check_encoder_decoder
 
 LOG_2PI = math.log(2.0 * math.pi)
 KINDS = ("avae", "lid_avae")
@@ -270,7 +270,7 @@ class DeterministicEncoder(nn.Module):
         return self.net(x)
 
 
-class AVAE(DecoderFacts, nn.Module):
+class AVAE(EncoderFacts, DecoderFacts, nn.Module):
     """Aggregate VAE: deterministic encoder, decoder ``p(x|z)``, prior ``N(0, I)``, KDE bandwidth ``h``.
 
     Args:
@@ -291,14 +291,6 @@ class AVAE(DecoderFacts, nn.Module):
         if h >= 1:
             raise ValueError(f"the corrected bandwidth must lie in (0, 1), got {h}")
         self.encoder, self.decoder, self.h = encoder, decoder, h
-
-    @property
-    def latent_dim(self) -> int:
-        return self.encoder.latent_dim
-
-    @property
-    def data_dim(self) -> int:
-        return self.encoder.data_dim
 
     @property
     def prior_std(self) -> float:

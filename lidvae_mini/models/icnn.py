@@ -214,11 +214,17 @@ class ICNN(nn.Module):
             s = F.linear(z, Ws[l - 1]) + self.A[l](u)
             pre.append(s)
             z = self._act(s)
-        # backward, written out
+        return self.backward_pass(u, Ws, pre)
+
+    def backward_pass(self, u: torch.Tensor, Ws: list, pre: list) -> torch.Tensor:
+        """The backward half of :meth:`gradient`, written out: ``grad psi(u)`` (B, D) from the input ``u`` (B, D),
+        the positive weights ``Ws`` and the forward pass's pre-activations ``pre`` (``pre[0] = A_0 u``, then one
+        per hidden layer). Also used where the forward pass is computed differently
+        (:func:`lidvae_mini.models.text.lifted_brenier` folds a linear lift into every ``A_l``)."""
         delta = Ws[-1].expand(u.shape[0], -1)  # d psi / d z_{L-1}: (B, h_{L-1})
         grad = self.a_out + self.alpha * u
         for l in range(len(self.hidden) - 1, 0, -1):
             e = delta * self._act_grad(pre[l])
             grad = grad + e @ self.A[l].weight
             delta = e @ Ws[l - 1]
-        return grad + (delta * self._h0_grad(s0)) @ self.A[0].weight
+        return grad + (delta * self._h0_grad(pre[0])) @ self.A[0].weight

@@ -218,13 +218,7 @@ def lifted_brenier(g: BrenierMap, w: torch.Tensor, lift=None) -> torch.Tensor:
         sl = nn.functional.linear(zz, Ws[l - 1]) + _folded_linear(net.A[l], w, beta_t, bias)
         pre.append(sl)
         zz = net._act(sl)
-    delta = Ws[-1].expand(w.shape[0], -1)
-    grad = net.a_out + net.alpha * v
-    for l in range(len(net.hidden) - 1, 0, -1):
-        e = delta * net._act_grad(pre[l])
-        grad = grad + e @ net.A[l].weight
-        delta = e @ Ws[l - 1]
-    return grad + (delta * net._h0_grad(s0)) @ net.A[0].weight
+    return net.backward_pass(v, Ws, pre)
 
 
 class LIDSDecoder(_Decoder):

@@ -76,7 +76,20 @@ class DecoderFacts:
         return check_data(x, self.data_dim, self.head, name, like=self._like())
 
 
-class VAE(DecoderFacts, nn.Module):
+class EncoderFacts:
+    """The sizes a single-latent model reads from its ``encoder`` (shared by :class:`VAE` and
+    :class:`lidvae_mini.models.avae.AVAE`): ``latent_dim`` (K) and ``data_dim`` (D). Needs ``self.encoder``."""
+
+    @property
+    def latent_dim(self) -> int:
+        return self.encoder.latent_dim
+
+    @property
+    def data_dim(self) -> int:
+        return self.encoder.data_dim
+
+
+class VAE(EncoderFacts, DecoderFacts, nn.Module):
     """A VAE ``p(z) p(x|z)`` with prior ``N(0, I)``, decoder ``p(x|z)`` and encoder ``q(z|x)``.
 
     Args:
@@ -98,14 +111,6 @@ class VAE(DecoderFacts, nn.Module):
         self.beta = check_positive(beta, "beta")
 
     # -- basic facts --------------------------------------------------------------------------------------
-    @property
-    def latent_dim(self) -> int:
-        return self.encoder.latent_dim
-
-    @property
-    def data_dim(self) -> int:
-        return self.encoder.data_dim
-
     def extra_repr(self) -> str:
         return f"beta={self.beta}, identifiable={self.identifiable}"
 
