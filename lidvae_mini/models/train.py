@@ -295,20 +295,17 @@ def fit(model, train_x, valid_x=None, *, epochs: int = 10, batch_size: int = 100
             are restored to their state at the start of that epoch and the last good checkpoint stays in
             ``checkpoint_dir``.
     """
-    epochs = check_int(epochs, "epochs", minimum=0)
-    batch_size = check_int(batch_size, "batch_size")
-    lr = check_positive(lr, "lr")
-    check_choice(optimizer, "optimizer", OPTIMIZERS)
-    check_choice(binarize, "binarize", BINARIZE)
-    check_choice(precision, "precision", PRECISIONS)
-    if data_on_device is not None and not isinstance(data_on_device, bool):
-        raise TypeError(f"data_on_device must be None, True or False, got {data_on_device!r}")
-    seed = check_int(seed, "seed", minimum=0)
-    eval_every = check_int(eval_every, "eval_every")
+    epochs, seed = check_int(epochs, "epochs", minimum=0), check_int(seed, "seed", minimum=0)
+    batch_size, eval_every = check_int(batch_size, "batch_size"), check_int(eval_every, "eval_every")
     n_samples = check_int(n_samples, "n_samples")
     finite_check_every = check_int(finite_check_every, "finite_check_every")
-    if grad_clip is not None:
-        grad_clip = check_positive(grad_clip, "grad_clip")
+    lr = check_positive(lr, "lr")
+    grad_clip = check_positive(grad_clip, "grad_clip") if grad_clip is not None else None
+    for value, name, options in ((optimizer, "optimizer", OPTIMIZERS), (binarize, "binarize", BINARIZE),
+                                 (precision, "precision", PRECISIONS)):
+        check_choice(value, name, options)
+    if data_on_device is not None and not isinstance(data_on_device, bool):
+        raise TypeError(f"data_on_device must be None, True or False, got {data_on_device!r}")
     weight_decay = float(weight_decay)
     if not math.isfinite(weight_decay) or weight_decay < 0:
         raise ValueError(f"weight_decay must be >= 0, got {weight_decay!r}")
@@ -316,33 +313,7 @@ def fit(model, train_x, valid_x=None, *, epochs: int = 10, batch_size: int = 100
     if not params:
         raise ValueError("model has no parameters")
     device = params[0].device
-    data_dim = getattr(model, "data_dim", None)
-
-    train = _as_tensor(train_x, "train_x", data_dim).to(params[0].dtype)
-    if binarize == "dynamic":
-        if bool(((train < 0) | (train > 1)).any()):
-            raise ValueError("binarize='dynamic' needs train_x in [0, 1]")
-    else:
-        model.check_x(train[: min(len(train), 10_000)].to(device), "train_x")
-    valid = None
-    if valid_x is not None:
-        valid = _as_tensor(valid_x, "valid_x", data_dim).to(params[0].dtype)
-        if binarize == "dynamic" and not _is_binary(valid):
-            if bool(((valid < 0) | (valid > 1)).any()):
-                raise ValueError("binarize='dynamic' needs valid_x in [0, 1]")
-            valid = torch.bernoulli(valid, generator=torch.Generator().manual_seed(seed))
-        model.check_x(valid.to(device), "valid_x")
-
-    # data placement: resident on the model's device (batches, shuffles and bits drawn there) or copied per batch
-    resident = data_on_device if data_on_device is not None else _fits_on(device, train, valid)
-    if resident:
-        train = train.to(device)
-        valid = valid.to(device) if valid is not None else None
-        data_rng = torch.Generator(device=device).manual_seed(seed)
-    else:
-        if device.type == "cuda":
-            train = train.pin_memory()
-        data_rng = torch.Generator().manual_seed(seed)
+    train, valid, data_rng = _training_data(model, train_x, valid_x, binarize, seed, data_on_device, params[0])
 
     config = {"batch_size": batch_size, "lr": lr, "optimizer": optimizer, "seed": seed, "binarize": binarize,
               "grad_clip": grad_clip, "weight_decay": weight_decay, "n_samples": n_samples,
@@ -361,31 +332,9 @@ def fit(model, train_x, valid_x=None, *, epochs: int = 10, batch_size: int = 100
     with torch.random.fork_rng(devices=cuda_devices):
         torch.manual_seed(seed)
         if ckpt_path is not None and resume and ckpt_path.is_file():
-            state = load_checkpoint(ckpt_path, map_location=device)
-            diff = {k: (state["config"].get(k, _RESUME_DEFAULTS.get(k)), config[k]) for k in _RESUME_KEYS
-                    if state["config"].get(k, _RESUME_DEFAULTS.get(k)) != config[k]}
-            if diff:
-                raise ValueError(f"checkpoint {ckpt_path} was written with different settings "
-                                 f"(saved, now): {diff}; pass resume=False or another checkpoint_dir")
-            saved_on = state.get("data_device", "cpu")
-            if saved_on != data_rng.device.type:
-                raise ValueError(f"checkpoint {ckpt_path} drew its shuffles on {saved_on}, this run draws them on "
-                                 f"{data_rng.device.type}: pass data_on_device={saved_on != 'cpu'} (or "
-                                 "resume=False, or another checkpoint_dir)")
-            model.load_state_dict(state["model"])
-            opt.load_state_dict(state["optimizer"])
-            torch.set_rng_state(state["torch_rng"].cpu())
-            if cuda_devices and state.get("cuda_rng") is not None:
-                torch.cuda.set_rng_state(state["cuda_rng"].cpu(), device)
-            data_rng.set_state(state["data_rng"].cpu())
-            history = {k: list(state["history"][k]) for k in HISTORY_KEYS}
-            start_epoch, step = int(state["epoch"]), int(state["step"])
+            history, start_epoch, step = _resume(ckpt_path, model, opt, data_rng, config, device)
 
-        bar = None
-        if _show_progress(progress) and start_epoch < epochs:
-            from tqdm import tqdm
-            bar = tqdm(total=epochs, initial=start_epoch, desc=type(model).__name__, unit="epoch",
-                       file=sys.stderr, disable=False)
+        bar = _epoch_bar(progress, start_epoch, epochs, type(model).__name__)
         n = train.shape[0]
         # per-batch multipliers of (elbo sum, kl sum, batch-mean loss) into the epoch sums, for full and last batches
         signs = {m: torch.tensor([-1.0, 1.0, float(m)], dtype=torch.float64, device=device)
@@ -402,46 +351,20 @@ def fit(model, train_x, valid_x=None, *, epochs: int = 10, batch_size: int = 100
                     xb = train[perm[b:b + batch_size]]
                     if binarize == "dynamic":
                         xb = torch.bernoulli(xb, generator=data_rng)
-                    xb = xb.to(device, non_blocking=True)
                     step += 1
-                    try:
-                        with autocast():
-                            loss, parts = model.loss(xb, n_samples=n_samples)
-                    except Exception:
-                        # NaN parameters from an unchecked earlier step make the model's own input checks
-                        # raise: report that step (NonFiniteLossError), else the error itself
-                        guard.check(model, opt, good, epoch, ckpt_path, history)
-                        raise
-                    opt.zero_grad(set_to_none=True)
-                    loss.backward()
-                    if grad_clip is not None:
-                        norm = torch.nn.utils.clip_grad_norm_(params, grad_clip)
-                    else:
-                        norm = _grad_norm(params)
-                    opt.step()
-                    loss = loss.detach()
-                    # no host synchronisation: sums and the finiteness record stay on the device
-                    sums += torch.stack([_f64(parts["elbo"].detach().sum()), _f64(parts["kl"].detach().sum()),
-                                         _f64(loss)]) * signs[xb.shape[0]]
-                    guard.record(loss, norm)
-                    if guard.full():
-                        guard.check(model, opt, good, epoch, ckpt_path, history)
+                    sums += _elbo_step(model, opt, xb.to(device, non_blocking=True), n_samples, grad_clip, autocast,
+                                       guard, (good, epoch, ckpt_path, history)) * signs[xb.shape[0]]
                 guard.check(model, opt, good, epoch, ckpt_path, history)
                 if not _all_finite(model):
                     _diverged("parameter", float("nan"), epoch, step, ckpt_path, history, model, opt, good)
                 neg_elbo, kl, loss_sum = sums.tolist()
                 row = {"epoch": epoch, "train_neg_elbo": neg_elbo / n, "train_kl": kl / n, "train_loss": loss_sum / n}
-                row.update(valid_neg_elbo=math.nan, valid_rec=math.nan, valid_kl=math.nan, valid_au=math.nan)
-                if valid is not None and (epoch % eval_every == 0 or epoch == epochs):
-                    # evaluation draws its own noise and leaves the training RNG stream untouched
-                    with torch.random.fork_rng(devices=cuda_devices):
-                        torch.manual_seed(seed * 100_003 + epoch)
-                        ev = evaluate(model, valid, batch_size=eval_batch_size)
-                    row.update(valid_neg_elbo=ev["neg_elbo"], valid_rec=ev["rec"], valid_kl=ev["kl"],
-                               valid_au=ev["au"])
-                    if not math.isfinite(ev["neg_elbo"]):
-                        _diverged("validation negative ELBO", ev["neg_elbo"], epoch, step, ckpt_path, history,
-                                  model, opt, good)
+                evaluated = valid is not None and (epoch % eval_every == 0 or epoch == epochs)
+                row.update(_validation_row(model, valid if evaluated else None, seed * 100_003 + epoch,
+                                           eval_batch_size, cuda_devices))
+                if evaluated and not math.isfinite(row["valid_neg_elbo"]):
+                    _diverged("validation negative ELBO", row["valid_neg_elbo"], epoch, step, ckpt_path, history,
+                              model, opt, good)
                 row["seconds"] = time.perf_counter() - t0
                 for k in HISTORY_KEYS:
                     history[k].append(row[k])
@@ -453,15 +376,112 @@ def fit(model, train_x, valid_x=None, *, epochs: int = 10, batch_size: int = 100
                                   "epoch": epoch, "step": step, "history": history, "config": config}, ckpt_path)
                 if bar is not None:
                     bar.update(1)
-                    post = {"neg_elbo": f"{row['train_neg_elbo']:.2f}"}
-                    if math.isfinite(row["valid_au"]):
-                        post["AU"] = int(row["valid_au"])
-                    bar.set_postfix(post)
+                    bar.set_postfix({"neg_elbo": f"{row['train_neg_elbo']:.2f}"}
+                                    | ({"AU": int(row["valid_au"])} if math.isfinite(row["valid_au"]) else {}))
         finally:
             if bar is not None:
                 bar.close()
     model.eval()
     return history
+
+
+def _epoch_bar(progress, start_epoch: int, epochs: int, name: str):
+    """A tqdm bar over the epochs still to run, or ``None`` (see :func:`_show_progress`)."""
+    if not _show_progress(progress) or start_epoch >= epochs:
+        return None
+    from tqdm import tqdm
+    return tqdm(total=epochs, initial=start_epoch, desc=name, unit="epoch", file=sys.stderr, disable=False)
+
+
+def _validation_row(model, valid, seed: int, batch_size: int, cuda_devices: list) -> dict:
+    """:func:`fit`'s validation entries of one epoch (``nan`` when ``valid`` is None): :func:`evaluate` under its
+    own seed, in an RNG forked on the CPU and ``cuda_devices`` (the model's) so that the training stream is
+    untouched."""
+    if valid is None:
+        return {"valid_neg_elbo": math.nan, "valid_rec": math.nan, "valid_kl": math.nan, "valid_au": math.nan}
+    with torch.random.fork_rng(devices=cuda_devices):
+        torch.manual_seed(seed)
+        ev = evaluate(model, valid, batch_size=batch_size)
+    return {"valid_neg_elbo": ev["neg_elbo"], "valid_rec": ev["rec"], "valid_kl": ev["kl"], "valid_au": ev["au"]}
+
+
+def _training_data(model, train_x, valid_x, binarize, seed: int, data_on_device, like: torch.Tensor):
+    """:func:`fit`'s data: ``(train, valid or None, the generator of the shuffles and bits)``, checked by the
+    model, in the parameters' dtype, the validation images binarised once (seeded) for ``binarize="dynamic"``, and
+    placed on the model's device when they fit there (``data_on_device``; the generator then lives there too)."""
+    device, data_dim = like.device, getattr(model, "data_dim", None)
+    train = _as_tensor(train_x, "train_x", data_dim).to(like.dtype)
+    if binarize == "dynamic":
+        if bool(((train < 0) | (train > 1)).any()):
+            raise ValueError("binarize='dynamic' needs train_x in [0, 1]")
+    else:
+        model.check_x(train[: min(len(train), 10_000)].to(device), "train_x")
+    valid = None
+    if valid_x is not None:
+        valid = _as_tensor(valid_x, "valid_x", data_dim).to(like.dtype)
+        if binarize == "dynamic" and not _is_binary(valid):
+            if bool(((valid < 0) | (valid > 1)).any()):
+                raise ValueError("binarize='dynamic' needs valid_x in [0, 1]")
+            valid = torch.bernoulli(valid, generator=torch.Generator().manual_seed(seed))
+        model.check_x(valid.to(device), "valid_x")
+    # resident on the model's device (batches, shuffles and bits drawn there) or copied per batch
+    resident = data_on_device if data_on_device is not None else _fits_on(device, train, valid)
+    if resident:
+        train = train.to(device)
+        valid = valid.to(device) if valid is not None else None
+        return train, valid, torch.Generator(device=device).manual_seed(seed)
+    if device.type == "cuda":
+        train = train.pin_memory()
+    return train, valid, torch.Generator().manual_seed(seed)
+
+
+def _resume(ckpt_path: Path, model, opt, data_rng: torch.Generator, config: dict, device: torch.device):
+    """Restore :func:`fit`'s model, optimizer and random states from ``ckpt_path``; returns ``(history, epoch,
+    step)``. Raises ``ValueError`` when the checkpoint was written with other settings or drew its shuffles on
+    another kind of device."""
+    state = load_checkpoint(ckpt_path, map_location=device)
+    diff = {k: (state["config"].get(k, _RESUME_DEFAULTS.get(k)), config[k]) for k in _RESUME_KEYS
+            if state["config"].get(k, _RESUME_DEFAULTS.get(k)) != config[k]}
+    if diff:
+        raise ValueError(f"checkpoint {ckpt_path} was written with different settings "
+                         f"(saved, now): {diff}; pass resume=False or another checkpoint_dir")
+    saved_on = state.get("data_device", "cpu")
+    if saved_on != data_rng.device.type:
+        raise ValueError(f"checkpoint {ckpt_path} drew its shuffles on {saved_on}, this run draws them on "
+                         f"{data_rng.device.type}: pass data_on_device={saved_on != 'cpu'} (or "
+                         "resume=False, or another checkpoint_dir)")
+    model.load_state_dict(state["model"])
+    opt.load_state_dict(state["optimizer"])
+    torch.set_rng_state(state["torch_rng"].cpu())
+    if device.type == "cuda" and state.get("cuda_rng") is not None:
+        torch.cuda.set_rng_state(state["cuda_rng"].cpu(), device)
+    data_rng.set_state(state["data_rng"].cpu())
+    return {k: list(state["history"][k]) for k in HISTORY_KEYS}, int(state["epoch"]), int(state["step"])
+
+
+def _elbo_step(model, opt, xb: torch.Tensor, n_samples: int, grad_clip, autocast, guard, where) -> torch.Tensor:
+    """One optimisation step of :func:`fit` on the batch ``xb``: the loss under ``autocast``, backward, clipping
+    over all parameters, the update. Returns the device tensor ``(sum of the ELBO, sum of the KL, batch-mean
+    loss)`` in float64 (no host synchronisation) and records the loss and gradient norm in ``guard``, which is read
+    when full; ``where``: ``(state restored on divergence, epoch, checkpoint path, history)``."""
+    params = list(model.parameters())
+    try:
+        with autocast():
+            loss, parts = model.loss(xb, n_samples=n_samples)
+    except Exception:
+        # NaN parameters from an unchecked earlier step make the model's own input checks raise: report that
+        # step (NonFiniteLossError), else the error itself
+        guard.check(model, opt, *where)
+        raise
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    norm = torch.nn.utils.clip_grad_norm_(params, grad_clip) if grad_clip is not None else _grad_norm(params)
+    opt.step()
+    loss = loss.detach()
+    guard.record(loss, norm)
+    if guard.full():
+        guard.check(model, opt, *where)
+    return torch.stack([_f64(parts["elbo"].detach().sum()), _f64(parts["kl"].detach().sum()), _f64(loss)])
 
 
 def _f64(t: torch.Tensor) -> torch.Tensor:
