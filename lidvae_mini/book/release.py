@@ -1,11 +1,14 @@
 """Releases: ``lidvae_mini.__version__`` is the one place that names the release; everything else follows it.
 
-What follows the version ``X.Y.Z`` (git tag ``vX.Y.Z``):
+What follows the version ``X.Y.Z`` (git tag ``vX.Y.Z``), through one ref (:func:`expected_ref`): ``main`` until the
+release is cut (``CHANGELOG.md``'s ``## [X.Y.Z]`` section has no date yet), the tag ``vX.Y.Z`` after ``bump``:
 
 * the hidden Colab cell of every notebook in ``book/`` (``.md`` and its ``.ipynb`` twin) installs
-  ``lidvae-mini @ git+REPO@vX.Y.Z``;
-* ``_config.yml``'s ``repository.branch`` is ``vX.Y.Z``, so the rocket button opens the notebooks *of that tag* in
-  Colab, and they install the package of that same tag: notebook and package cannot drift apart;
+  ``lidvae-mini @ git+REPO@REF``;
+* ``_config.yml``'s ``repository.branch`` is ``REF``, so the rocket button opens the notebooks *of that ref* in
+  Colab, and they install the package of that same ref: notebook and package cannot drift apart. Before the first
+  release both are the branch ``main``, which exists wherever the book is published; a tag that was never pushed
+  would give a reader a missing notebook and a failed install;
 * ``CHANGELOG.md`` has a ``## [X.Y.Z]`` section.
 
 Command line (run in the repository root)::
@@ -29,7 +32,8 @@ import subprocess
 import sys
 from pathlib import Path
 
-__all__ = ["read_version", "repository_url", "pins", "launch_branch", "check", "bump", "main"]
+__all__ = ["read_version", "repository_url", "pins", "launch_branch", "released", "expected_ref", "check", "bump",
+           "main"]
 
 VERSION_RE = re.compile(r"^\d+\.\d+\.\d+$")
 _VERSION_LINE = re.compile(r'^__version__ = "([^"]*)"$', re.M)
@@ -81,16 +85,31 @@ def launch_branch(root: str | os.PathLike = ".") -> str:
     return str(yaml.safe_load((Path(root) / "_config.yml").read_text())["repository"].get("branch", "main"))
 
 
+def released(root: str | os.PathLike = ".") -> bool:
+    """Whether ``__version__`` has been released: ``CHANGELOG.md``'s ``## [X.Y.Z]`` heading carries a date
+    (``bump`` writes it; before that the section says, for example, ``not yet tagged``)."""
+    root = Path(root)
+    changelog = root / "CHANGELOG.md"
+    dated = re.compile(rf"^## \[{re.escape(read_version(root))}\] - \d{{4}}-\d{{2}}-\d{{2}}\b", re.M)
+    return changelog.is_file() and bool(dated.search(changelog.read_text()))
+
+
+def expected_ref(root: str | os.PathLike = ".") -> str:
+    """The ref every Colab pin and the launch branch must name: ``vX.Y.Z`` once released, else ``main``."""
+    return f"v{read_version(root)}" if released(root) else "main"
+
+
 def _git(root, *args) -> subprocess.CompletedProcess:
     return subprocess.run(["git", *args], cwd=root, capture_output=True, text=True)
 
 
 def check(root: str | os.PathLike = ".", require_tag: bool = False) -> tuple[list[str], list[str]]:
-    """Compare every place that follows the version with ``__version__``.
+    """Compare every place that follows the version with :func:`expected_ref`.
 
     Args:
         root: repository root.
-        require_tag: also require the git tag ``vX.Y.Z`` (the Pages workflow sets it).
+        require_tag: once released, also require the git tag ``vX.Y.Z`` (the Pages workflow sets it; before the
+            release the pins name ``main``, which needs no tag).
 
     Returns:
         ``(errors, warnings)``: lists of one-line messages; no errors means consistent. Warnings (only with
@@ -98,20 +117,20 @@ def check(root: str | os.PathLike = ".", require_tag: bool = False) -> tuple[lis
     """
     root = Path(root)
     version = read_version(root)
-    tag = f"v{version}"
+    tag, ref = f"v{version}", expected_ref(root)
     errors, warnings = [], []
     if not VERSION_RE.match(version):
         errors.append(f"__version__ {version!r} is not X.Y.Z")
     for path, found in pins(root).items():
-        if found != [tag]:
-            errors.append(f"{path}: Colab cell installs {found or 'nothing'}, expected exactly one pin @{tag}")
-    if launch_branch(root) != tag:
-        errors.append(f"_config.yml: repository.branch is {launch_branch(root)!r}, expected {tag!r} (the launch "
-                      "buttons must open the notebooks of the release they install)")
+        if found != [ref]:
+            errors.append(f"{path}: Colab cell installs {found or 'nothing'}, expected exactly one pin @{ref}")
+    if launch_branch(root) != ref:
+        errors.append(f"_config.yml: repository.branch is {launch_branch(root)!r}, expected {ref!r} (the launch "
+                      "buttons must open the notebooks of the ref they install)")
     changelog = root / "CHANGELOG.md"
     if not changelog.is_file() or not re.search(rf"^## \[{re.escape(version)}\]", changelog.read_text(), re.M):
         errors.append(f"CHANGELOG.md: no '## [{version}]' section")
-    if require_tag:
+    if require_tag and ref == tag:
         if _git(root, "rev-parse", "-q", "--verify", f"refs/tags/{tag}^{{commit}}").returncode != 0:
             errors.append(f"git tag {tag} does not exist: the published Colab buttons would open a missing ref. "
                           f"Release first (CONTRIBUTING.md, 'Releasing'), or push the tag with the commit "
@@ -209,7 +228,10 @@ def main(argv=None) -> int:
     for e in errors:
         print(f"::error::{e}" if annotate else f"error: {e}")
     if not errors:
-        print(f"release v{read_version(args.root)}: every Colab pin, the launch branch and CHANGELOG.md agree")
+        ref = expected_ref(args.root)
+        state = "released" if ref.startswith("v") else "not released yet: Colab opens and installs main"
+        print(f"version {read_version(args.root)} ({state}): every Colab pin and the launch branch name @{ref}, "
+              "and CHANGELOG.md has its section")
     return 1 if errors else 0
 
 
