@@ -492,46 +492,20 @@ def fit_avae(model: AVAE, train_x, valid_x, *, epochs: int = 10, batch_size: int
     seed = check_int(seed, "seed", minimum=0)
     check_choice(binarize, "binarize", (None, "dynamic"))
     kl_weight = check_positive(kl_weight, "kl_weight")
-    if grad_clip is not None:
-        grad_clip = check_positive(grad_clip, "grad_clip")
+    grad_clip = check_positive(grad_clip, "grad_clip") if grad_clip is not None else None
     like = model._like()
-    train = _as_tensor(train_x, "train_x", model.data_dim).to(like.dtype)
-    valid = _as_tensor(valid_x, "valid_x", model.data_dim).to(like.dtype)
-    n = len(train)
-    if kde_size >= n:
-        raise ValueError(f"kde_size = {kde_size} must be smaller than the training set ({n} items)")
-    gen = torch.Generator().manual_seed(seed)
-    if binarize == "dynamic":
-        if bool(((train < 0) | (train > 1)).any()) or bool(((valid < 0) | (valid > 1)).any()):
-            raise ValueError("binarize='dynamic' needs data in [0, 1]")
-        if not bool(((valid == 0) | (valid == 1)).all()):
-            valid = torch.bernoulli(valid, generator=torch.Generator().manual_seed(10_000 + seed))
-    else:
-        model.check_x(train[:10_000].to(like.device), "train_x")
-    model.check_x(valid.to(like.device), "valid_x")
-    train, valid = train.to(like.device), valid.to(like.device)
-
+    train, valid = _avae_data(model, train_x, valid_x, kde_size, binarize, seed)
+    n, gen = len(train), torch.Generator().manual_seed(seed)
     config = dict(batch_size=batch_size, lr=lr, kde_size=kde_size, refresh_every=refresh_every, seed=seed,
                   binarize=str(binarize), grad_clip=grad_clip, kl_weight=kl_weight, n_train=n)
     opt = torch.optim.Adam(model.parameters(), lr=lr)
-    history = {k: [] for k in HISTORY_KEYS}
-    start_epoch, step = 0, 0
+    start_epoch, step, scale, history = 0, 0, None, {k: [] for k in HISTORY_KEYS}
     ckpt_path = Path(checkpoint_dir) / CHECKPOINT_FILE if checkpoint_dir is not None else None
-    scale = None
     if ckpt_path is not None and resume and ckpt_path.is_file():
-        state = load_checkpoint(ckpt_path)
-        bad = {k: (state["config"].get(k), config[k]) for k in _RESUME_KEYS if state["config"].get(k) != config[k]}
-        if bad:
-            raise ValueError(f"checkpoint {ckpt_path} was written with other settings: {bad}")
-        model.load_state_dict(state["model"])
-        opt.load_state_dict(state["optimizer"])
-        gen.set_state(state["data_rng"])
-        start_epoch, step, scale, history = state["epoch"], state["step"], state["scale"], state["history"]
-    if scale is None:
-        if initial_scale is not None:
-            scale = check_positive(initial_scale, "initial_scale")
-        else:
-            scale = math.sqrt(max(_mean_scale_error(model, valid), 1e-12))
+        start_epoch, step, scale, history = _avae_resume(ckpt_path, model, opt, gen, config)
+    if scale is None:   # the first s: given, else from the validation error at initialisation
+        scale = (check_positive(initial_scale, "initial_scale") if initial_scale is not None
+                 else math.sqrt(max(_mean_scale_error(model, valid), 1e-12)))
 
     model.train()
     for epoch in range(start_epoch, epochs):
@@ -541,44 +515,20 @@ def fit_avae(model: AVAE, train_x, valid_x, *, epochs: int = 10, batch_size: int
         x_kde = train[perm[:kde_size]]
         if binarize == "dynamic":
             x_kde = torch.bernoulli(x_kde, generator=gen)
-        idx = perm[kde_size:]
-        sums = {"loss": 0.0, "rec": 0.0, "kl": 0.0}
-        n_seen, n_steps = 0, 0
-        codes = None
-        for start in range(0, len(idx), batch_size):
+        sums, codes = {"loss": 0.0, "rec": 0.0, "kl": 0.0, "n": 0}, None
+        for start in range(kde_size, n, batch_size):    # the minibatches: the rest of the permutation
             if step % refresh_every == 0 or codes is None:
                 codes = _encode_all(model, x_kde)
-            xb = train[idx[start:start + batch_size]]
+            xb = train[perm[start:start + batch_size]]
             if binarize == "dynamic":
                 xb = torch.bernoulli(xb, generator=gen)
-            loss, parts = model.loss(xb, codes, scale, kl_weight)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            gnorm = torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip if grad_clip else float("inf"))
-            if not (torch.isfinite(loss) and torch.isfinite(gnorm)):
-                model.load_state_dict(good[0])
-                opt.load_state_dict(good[1])
-                raise NonFiniteLossError(f"non-finite AVAE loss or gradient at epoch {epoch + 1}, step {step}",
-                                         epoch + 1, step, ckpt_path if ckpt_path and ckpt_path.is_file() else None)
-            opt.step()
+            _avae_step(model, opt, xb, codes, scale, kl_weight, grad_clip, sums, good, (epoch + 1, step, ckpt_path))
             step += 1
-            b = len(xb)
-            sums["loss"] += float(loss.detach()) * b
-            sums["rec"] += float(parts["rec"].detach().double().sum())
-            sums["kl"] += float(parts["kl"].detach()) * b
-            n_seen += b
-            n_steps += 1
-        codes = _encode_all(model, x_kde)
-        ev = evaluate_avae(model, valid, codes)
-        history["epoch"].append(epoch + 1)
-        history["train_loss"].append(sums["loss"] / max(n_seen, 1))
-        history["train_rec"].append(sums["rec"] / max(n_seen, 1))
-        history["train_kl"].append(sums["kl"] / max(n_seen, 1))
-        history["valid_rec"].append(ev["rec"])
-        history["valid_kl"].append(ev["kl"])
-        history["valid_au"].append(ev["au"])
-        history["scale"].append(scale)
-        history["seconds"].append(time.perf_counter() - t0)
+        ev = evaluate_avae(model, valid, _encode_all(model, x_kde))
+        row = {"epoch": epoch + 1, "valid_rec": ev["rec"], "valid_kl": ev["kl"], "valid_au": ev["au"], "scale": scale,
+               **{f"train_{k}": sums[k] / max(sums["n"], 1) for k in ("loss", "rec", "kl")}}
+        for k in HISTORY_KEYS:
+            history[k].append(time.perf_counter() - t0 if k == "seconds" else row[k])
         if not (math.isfinite(ev["rec"]) and math.isfinite(ev["scale_error"])):
             model.load_state_dict(good[0])
             opt.load_state_dict(good[1])
@@ -591,6 +541,60 @@ def fit_avae(model: AVAE, train_x, valid_x, *, epochs: int = 10, batch_size: int
                          ckpt_path)
     model.eval()
     return history
+
+
+def _avae_data(model: AVAE, train_x, valid_x, kde_size: int, binarize, seed: int):
+    """:func:`fit_avae`'s data, checked and on the model's device: ``(train, valid)``, the validation images
+    binarised once (seeded) for ``binarize="dynamic"`` when they are not binary."""
+    like = model._like()
+    train = _as_tensor(train_x, "train_x", model.data_dim).to(like.dtype)
+    valid = _as_tensor(valid_x, "valid_x", model.data_dim).to(like.dtype)
+    if kde_size >= len(train):
+        raise ValueError(f"kde_size = {kde_size} must be smaller than the training set ({len(train)} items)")
+    if binarize == "dynamic":
+        if bool(((train < 0) | (train > 1)).any()) or bool(((valid < 0) | (valid > 1)).any()):
+            raise ValueError("binarize='dynamic' needs data in [0, 1]")
+        if not bool(((valid == 0) | (valid == 1)).all()):
+            valid = torch.bernoulli(valid, generator=torch.Generator().manual_seed(10_000 + seed))
+    else:
+        model.check_x(train[:10_000].to(like.device), "train_x")
+    model.check_x(valid.to(like.device), "valid_x")
+    return train.to(like.device), valid.to(like.device)
+
+
+def _avae_resume(ckpt_path: Path, model: AVAE, opt, gen: torch.Generator, config: dict):
+    """Restore :func:`fit_avae`'s state from ``ckpt_path``: returns ``(epoch, step, scale, history)``; raises
+    ``ValueError`` when the checkpoint was written with other settings."""
+    state = load_checkpoint(ckpt_path)
+    bad = {k: (state["config"].get(k), config[k]) for k in _RESUME_KEYS if state["config"].get(k) != config[k]}
+    if bad:
+        raise ValueError(f"checkpoint {ckpt_path} was written with other settings: {bad}")
+    model.load_state_dict(state["model"])
+    opt.load_state_dict(state["optimizer"])
+    gen.set_state(state["data_rng"])
+    return state["epoch"], state["step"], state["scale"], state["history"]
+
+
+def _avae_step(model: AVAE, opt, xb, codes, scale: float, kl_weight: float, grad_clip, sums: dict, good, where):
+    """One step of :func:`fit_avae` on ``xb``, its loss and terms added to ``sums`` (per-item sums and ``"n"``).
+    A non-finite loss or gradient restores ``good`` (model and optimizer state) before any update and raises
+    :class:`NonFiniteLossError`; ``where``: ``(epoch, step, checkpoint path)``."""
+    loss, parts = model.loss(xb, codes, scale, kl_weight)
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    gnorm = torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip if grad_clip else float("inf"))
+    if not (torch.isfinite(loss) and torch.isfinite(gnorm)):
+        model.load_state_dict(good[0])
+        opt.load_state_dict(good[1])
+        epoch, step, ckpt_path = where
+        raise NonFiniteLossError(f"non-finite AVAE loss or gradient at epoch {epoch}, step {step}", epoch, step,
+                                 ckpt_path if ckpt_path and ckpt_path.is_file() else None)
+    opt.step()
+    b = len(xb)
+    sums["loss"] += float(loss.detach()) * b
+    sums["rec"] += float(parts["rec"].detach().double().sum())
+    sums["kl"] += float(parts["kl"].detach()) * b
+    sums["n"] += b
 
 
 @torch.no_grad()
