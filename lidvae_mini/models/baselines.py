@@ -778,20 +778,9 @@ def fit_aggressive(model, train_x, valid_x, *, epochs: int = 10, batch_size: int
         raise ValueError("fit_aggressive needs valid_x: the aggressive phase ends on the validation MI")
     enc_params, dec_params = _split_parameters(model, encoder_params)
     params = list(model.parameters())
-    like = params[0]
-    device = like.device
-    data_dim = getattr(model, "data_dim", None)
-    train = T._as_tensor(train_x, "train_x", data_dim).to(like.dtype)
-    valid = T._as_tensor(valid_x, "valid_x", data_dim).to(like.dtype)
-    if binarize == "dynamic":
-        for name, arr in (("train_x", train), ("valid_x", valid)):
-            if bool(((arr < 0) | (arr > 1)).any()):
-                raise ValueError(f"binarize='dynamic' needs {name} in [0, 1]")
-        if not T._is_binary(valid):
-            valid = torch.bernoulli(valid, generator=torch.Generator().manual_seed(seed))
-    else:
-        model.check_x(train[: min(len(train), 10_000)].to(device), "train_x")
-    model.check_x(valid.to(device), "valid_x")
+    device = params[0].device
+    # fit's checks and placement, the data kept in host memory (batches are copied to the device)
+    train, valid, data_rng = T._training_data(model, train_x, valid_x, binarize, seed, False, params[0])
     if mi_fn is None:
         def mi_fn(m, v):
             return encoder_mutual_information(m, v, seed=seed)
@@ -799,7 +788,6 @@ def fit_aggressive(model, train_x, valid_x, *, epochs: int = 10, batch_size: int
     history = {k: [] for k in T.HISTORY_KEYS + AGGRESSIVE_KEYS}
     best = _BestState()
     n = train.shape[0]
-    data_rng = torch.Generator().manual_seed(seed)
     enc_opt = torch.optim.Adam(enc_params, lr=lr)
     dec_opt = torch.optim.Adam(dec_params, lr=lr)
 
@@ -832,24 +820,8 @@ def fit_aggressive(model, train_x, valid_x, *, epochs: int = 10, batch_size: int
             _call_hook(before_epoch, model, epoch)
             t0 = time.perf_counter()
             model.train()
-            perm = torch.randperm(n, generator=data_rng)
-            sums = {"neg_elbo": 0.0, "kl": 0.0, "loss": 0.0}
-            inner = []
-            for b in range(0, n, batch_size):
-                xb = draw(perm[b:b + batch_size])
-                current = [xb]
-
-                def enc_step():
-                    loss, _ = step(current[0], enc_opt, epoch)
-                    m = current[0].shape[0]
-                    current[0] = draw(torch.randperm(n, generator=data_rng)[:batch_size])
-                    return float(loss.detach()) * m, m
-
-                inner.append(encoder_inner_loop(enc_step, max_inner_steps, check_every))
-                loss, parts = step(xb, dec_opt, epoch)
-                sums["neg_elbo"] -= float(parts["elbo"].detach().sum())
-                sums["kl"] += float(parts["kl"].detach().sum())
-                sums["loss"] += float(loss.detach()) * xb.shape[0]
+            sums, inner = _aggressive_epoch(draw, lambda xb, opt: step(xb, opt, epoch), enc_opt, dec_opt, n,
+                                            batch_size, data_rng, max_inner_steps, check_every)
             with torch.random.fork_rng(devices=cuda):
                 torch.manual_seed(seed * 100_003 + epoch)
                 ev = T.evaluate(model, valid, batch_size=eval_batch_size)
@@ -879,18 +851,52 @@ def fit_aggressive(model, train_x, valid_x, *, epochs: int = 10, batch_size: int
             raise ValueError("epoch hooks in the standard phase of aggressive training need select_best=True")
         else:
             rest = T.fit(model, train, valid, epochs=epochs - done, progress=progress, **kw)
-        for i in range(len(rest["epoch"])):
-            for k in T.HISTORY_KEYS:
-                history[k].append(rest[k][i] + done if k == "epoch" else rest[k][i])
-            history["aggressive"].append(False)
-            history["inner_steps_mean"].append(0.0)
-            history["inner_steps_max"].append(0)
-            history["valid_mi"].append(math.nan)
+        _append_standard_phase(history, rest, done)
     if select_best:
         best.restore(model)
         history["selected"] = [e == best.epoch for e in history["epoch"]]
     model.eval()
     return history
+
+
+def _aggressive_epoch(draw, step, enc_opt, dec_opt, n: int, batch_size: int, data_rng, max_inner_steps: int,
+                      check_every: int):
+    """One epoch of :func:`fit_aggressive`'s aggressive phase: for every minibatch of a seeded permutation, the
+    encoder's inner loop (:func:`encoder_inner_loop`, on fresh random minibatches) and then one decoder step.
+    ``draw(indices)``: a batch on the device; ``step(xb, optimizer)``: ``(loss, parts)`` after one update. Returns
+    ``(sums of -ELBO, KL and loss, encoder steps per minibatch)``."""
+    perm = torch.randperm(n, generator=data_rng)
+    sums = {"neg_elbo": 0.0, "kl": 0.0, "loss": 0.0}
+    inner = []
+    for b in range(0, n, batch_size):
+        xb = draw(perm[b:b + batch_size])
+        current = [xb]
+
+        def enc_step():
+            loss, _ = step(current[0], enc_opt)
+            m = current[0].shape[0]
+            current[0] = draw(torch.randperm(n, generator=data_rng)[:batch_size])
+            return float(loss.detach()) * m, m
+
+        inner.append(encoder_inner_loop(enc_step, max_inner_steps, check_every))
+        loss, parts = step(xb, dec_opt)
+        sums["neg_elbo"] -= float(parts["elbo"].detach().sum())
+        sums["kl"] += float(parts["kl"].detach().sum())
+        sums["loss"] += float(loss.detach()) * xb.shape[0]
+    return sums, inner
+
+
+def _append_standard_phase(history: dict, rest: dict, done: int) -> None:
+    """Append the standard phase's history ``rest`` (epochs counted from 1) after the ``done`` aggressive epochs."""
+    from .train import HISTORY_KEYS
+
+    for i in range(len(rest["epoch"])):
+        for k in HISTORY_KEYS:
+            history[k].append(rest[k][i] + done if k == "epoch" else rest[k][i])
+        history["aggressive"].append(False)
+        history["inner_steps_mean"].append(0.0)
+        history["inner_steps_max"].append(0)
+        history["valid_mi"].append(math.nan)
 
 
 # ------------------------------------------------------------------------------------------------ dispatch
