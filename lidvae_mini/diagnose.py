@@ -638,6 +638,14 @@ def diagnose(model, x, *, n_samples: int = 8, batch_size: int = 100, kl_threshol
         ValueError: ``x`` of the wrong shape, with NaN/inf, on another device, outside the likelihood's support
             (non-binary for a Bernoulli head), fewer than 2 points; unknown ``kl``; non-positive thresholds or sizes.
 
+    Example:
+        >>> import torch
+        >>> from lidvae_mini.models.vae import build_vae
+        >>> model = build_vae("lidvae", 6, 2, head="gaussian", seed=0)
+        >>> d = diagnose(model, torch.randn(50, 6, generator=torch.Generator().manual_seed(0)), seed=0)
+        >>> d.names, bool(d.flat.any())     # an injective decoder is flat in no latent dimension
+        (['z1', 'z2'], False)
+
     Source: paper Definition 2, Theorem 1 (§2.1) and the AU/KL metrics of §4.1; the book's chapter 11.
     """
     mixture, x, th, kl_method = _checked_inputs(model, x, kl, kl_threshold, au_threshold, n_se)

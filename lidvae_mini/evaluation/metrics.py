@@ -69,6 +69,13 @@ def _seeded(seed, device):
 def active_units(means, threshold: float = 0.01) -> dict:
     """Active units: ``AU = #{d : Cov_x(E_q[z_d | x]) ≥ δ}`` (Burda et al. 2016; He et al. ``calc_au``).
 
+    Example:
+        >>> import torch
+        >>> means = torch.zeros(100, 3)
+        >>> means[:, 0] = torch.linspace(-1, 1, 100)     # only the first dimension varies with x
+        >>> active_units(means)["count"]
+        1
+
     Args:
         means: (N, K) posterior means E_q[z|x] of N evaluation points (no sampling). For a discrete latent,
             pass the probabilities q(y=k|x) (AU_y).
@@ -105,6 +112,11 @@ def kl_gaussian_standard(mu, logvar) -> torch.Tensor:
     """Analytic KL(q(z|x) ‖ N(0, I)) per datapoint for a diagonal Gaussian q, summed over dimensions.
 
     ``KL = ½ Σ_d (μ_d² + σ_d² − log σ_d² − 1)`` (Kingma & Welling 2014, App. B; He et al.'s ``KL``).
+
+    Example:
+        >>> import torch
+        >>> kl_gaussian_standard(torch.zeros(2, 3), torch.zeros(2, 3))    # q = p: no information
+        tensor([0., 0.])
 
     Args:
         mu, logvar: (N, K) mean and log-variance.
@@ -443,6 +455,12 @@ def cluster_accuracy(pred, labels, num_clusters: int | None = None) -> dict:
       cluster per point, so always report the number of clusters).
     - ``chance``: the largest class frequency, what a single-cluster (fully collapsed) model scores under the
       majority map.
+
+    Example:
+        >>> import torch
+        >>> acc = cluster_accuracy(torch.tensor([1, 1, 0, 0, 2]), torch.tensor([0, 0, 1, 1, 1]))
+        >>> acc["hungarian"], acc["majority"]
+        (0.8, 1.0)
 
     Args:
         pred: (N,) integer cluster ids in ``0..num_clusters-1``.

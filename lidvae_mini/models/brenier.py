@@ -57,6 +57,14 @@ class BrenierMap(nn.Module):
     under :func:`torch.no_grad` it returns a tensor without graph (``"autograd"`` mode enables grad
     internally to differentiate the potential).
 
+    Example:
+        >>> import torch
+        >>> g = BrenierMap(3, hidden=(8,), alpha=0.5)
+        >>> u, v = torch.randn(5, 3), torch.randn(5, 3)
+        >>> # strongly monotone: <g(u) - g(v), u - v> >= alpha |u - v|^2, so g is injective
+        >>> bool((((g(u) - g(v)) * (u - v)).sum(1) >= 0.5 * ((u - v) ** 2).sum(1) - 1e-5).all())
+        True
+
     Raises:
         ValueError/TypeError: bad constructor arguments; inputs failing
             :func:`lidvae_mini._checks.check_batch` (shape ``(B, d)``, floating dtype equal to the

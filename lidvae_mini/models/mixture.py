@@ -522,6 +522,11 @@ def build_mixture_vae(kind: str, data_dim: int, latent_dim: int, num_clusters: i
         encoder_kwargs, decoder_kwargs, mlp_kwargs: extra arguments of the encoder, the injective decoder and
             the MLP decoder.
 
+    Example:
+        >>> model = build_mixture_vae("lidgmvae", 12, 4, 3, "gaussian", encoder="gaussian", seed=0)
+        >>> model.identifiable, model.num_clusters, model.size_match["within_10pct"]
+        (True, 3, True)
+
     Raises:
         ValueError: unknown ``kind``/``encoder``/``head``/``prior``/``prior_init``, C < 2, K > D for an LIDGMVAE,
             C > K for Example 1 (the message names both and points at ``prior="learned"``), ``learn_prior=True``

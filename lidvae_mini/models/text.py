@@ -390,6 +390,11 @@ def build_text_vae(kind: str, vocab_size: int, latent_dim: int = 5, embed_dim: i
     ``"learned_init"`` (that, with ``g_2`` initialised for the ``K + H`` inputs ``beta_2`` lifts); ``beta_bias``
     adds a bias to a learned ``beta_2``.
 
+    Example:
+        >>> model = build_text_vae("lidsvae", vocab_size=100, latent_dim=4)
+        >>> type(model.decoder).__name__, model.latent_dim
+        ('LIDSDecoder', 4)
+
     Raises:
         ValueError: unknown ``kind`` or ``decoder``; a ``decoder`` other than ``"fixed"`` for a non-LIDSVAE.
     """

@@ -188,6 +188,15 @@ def evaluate(model, x, batch_size: int = 1000, n_samples: int = 1, mean_samples:
     chunk)`` method, e.g. :class:`lidvae_mini.models.mixture.MixtureVAE`, supplies its own IWAE).
     ``x`` is an array or tensor ``(N, D)`` (binary for a Bernoulli model). With ``seed`` the draws run under
     ``torch.manual_seed(seed)`` and the caller's RNG is restored; otherwise they use the global torch RNG.
+
+    Example:
+        >>> import torch
+        >>> from lidvae_mini.models.vae import build_vae
+        >>> model = build_vae("lidvae", 6, 2, head="gaussian", seed=0)
+        >>> x = torch.randn(50, 6, generator=torch.Generator().manual_seed(0))
+        >>> ev = evaluate(model, x, iwae_samples=10, seed=0)
+        >>> sorted(k for k in ("au", "kl", "iwae_ll", "neg_elbo") if k in ev), ev["au"] <= 2
+        (['au', 'iwae_ll', 'kl', 'neg_elbo'], True)
     """
     from ..evaluation.metrics import active_units, iwae_log_likelihood
 
@@ -285,6 +294,15 @@ def fit(model, train_x, valid_x=None, *, epochs: int = 10, batch_size: int = 100
         history: ``{key: list}`` with one entry per epoch for every key of :data:`HISTORY_KEYS`;
         negative ELBO, reconstruction and KL are mean nats per datapoint (``train_loss`` is the β-weighted
         objective); ``valid_*`` are ``nan`` on epochs without validation; ``valid_au`` is a count.
+
+    Example:
+        >>> import torch
+        >>> from lidvae_mini.models.vae import build_vae
+        >>> x = torch.rand(200, 6, generator=torch.Generator().manual_seed(0))
+        >>> model = build_vae("vae", 6, 2, head="gaussian", seed=0)
+        >>> history = fit(model, x[:150], x[150:], epochs=2, batch_size=50, seed=0)
+        >>> history["epoch"], len(history["valid_neg_elbo"])
+        ([1, 2], 2)
 
     Raises:
         TypeError/ValueError: bad data (shape, dtype, non-finite, non-binary data for a Bernoulli model

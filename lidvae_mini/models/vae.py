@@ -274,6 +274,13 @@ def build_vae(kind: str, data_dim: int, latent_dim: int, head: str = "bernoulli"
         mlp_kwargs: extra arguments of :class:`~lidvae_mini.models.decoders.MLPDecoder` (e.g. ``activation``).
         decoder: the LIDVAE's construction (see above); None is the book's default. Only for ``"lidvae"``.
 
+    Example:
+        >>> model = build_vae("lidvae", data_dim=12, latent_dim=4, head="gaussian", seed=0)
+        >>> type(model).__name__, model.identifiable, model.latent_dim
+        ('LIDVAE', True, 4)
+        >>> build_vae("vae", 12, 4, head="gaussian", seed=0).identifiable   # an MLP decoder
+        False
+
     Raises:
         ValueError: unknown ``kind``/``encoder``/``head``/``decoder``, ``decoder`` for a VAE kind, K > D for an
             LIDVAE, no MLP within 10%.
