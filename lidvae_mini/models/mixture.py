@@ -541,29 +541,23 @@ def build_mixture_vae(kind: str, data_dim: int, latent_dim: int, num_clusters: i
     C = check_int(num_clusters, "num_clusters")
     if C < 2:
         raise ValueError(f"num_clusters must be >= 2 for a mixture, got {num_clusters!r}")
-    depth = check_int(depth, "depth")
-    icnn_width = check_int(icnn_width, "icnn_width")
+    depth, icnn_width = check_int(depth, "depth"), check_int(icnn_width, "icnn_width")
     if kind == "lidgmvae" and K > D:
         raise ValueError(f"an LIDGMVAE needs latent_dim K = {K} <= data_dim D = {D} (injective beta^T)")
     if prior == "example1":
         example1_beta(C, K)                                   # C <= K, checked before any network is built
         if learn_prior:
             raise ValueError("Example 1's prior is fixed: learn_prior must be None or False (or use prior='learned')")
-    if beta is None:
-        beta = PAPER_BETA if kind == "beta_gmvae" else 1.0
-    beta = check_positive(beta, "beta")
-    hidden1 = (icnn_width,) * depth if hidden1 is None else hidden1
-    hidden2 = (icnn_width,) * depth if hidden2 is None else hidden2
+    beta = check_positive((PAPER_BETA if kind == "beta_gmvae" else 1.0) if beta is None else beta, "beta")
+    hidden1, hidden2 = ((icnn_width,) * depth if h is None else h for h in (hidden1, hidden2))
     head_kw = dict(head=head, learn_scale=learn_scale, fixed_scale=fixed_scale)
     with torch.random.fork_rng(devices=[]):
         if seed is not None:
             torch.manual_seed(check_int(seed, "seed", minimum=0))
         cluster_net = mlp(D, cluster_hidden, C)
         enc = make_encoder(encoder, D + C, K, hidden=encoder_hidden, **dict(encoder_kwargs or {}))
-        if prior_init == "circle":
-            means = default_prior_means(C, K, check_positive(prior_radius, "prior_radius"))
-        else:
-            means = torch.randn(C, K)
+        means = (default_prior_means(C, K, check_positive(prior_radius, "prior_radius")) if prior_init == "circle"
+                 else torch.randn(C, K))
         dec, match = _mixture_decoder(kind, K, D, depth, hidden1, hidden2, alpha, head_kw, mlp_hidden,
                                       dict(decoder_kwargs or {}), dict(mlp_kwargs or {}))
         log_scales = torch.full((C, K), math.log(check_positive(prior_scale, "prior_scale")))
@@ -573,8 +567,7 @@ def build_mixture_vae(kind: str, data_dim: int, latent_dim: int, num_clusters: i
         else:
             model = MixtureVAE(cluster_net, enc, dec, C, beta=beta, prior_means=means,
                                prior_log_scales=log_scales, learn_prior=learn_prior, prior="learned")
-    model.kind = kind
-    model.size_match = match
+    model.kind, model.size_match = kind, match
     return model
 
 
