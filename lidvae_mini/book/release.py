@@ -18,9 +18,10 @@ Command line (run in the repository root)::
 
 ``bump`` edits the files as text (a regular expression on the pin, one line of ``_config.yml``), so the ``.ipynb``
 twins keep their cell ids and formatting and stay paired with their ``.md``. ``check --require-tag`` is what the
-Pages workflow runs before building: the tag must exist (else the published Colab buttons would open a missing
-ref), and chapters whose notebook differs from, or is missing at, the tag are listed as warnings (their Colab
-button opens the release's notebook, not the page's text). The steps of a release are in ``CONTRIBUTING.md``.
+Pages workflow runs before building: once the version is released its tag must exist (else the published Colab
+buttons would open a missing ref), and chapters whose notebook differs from, or is missing at, the tag are listed
+as warnings (their Colab button opens the release's notebook, not the page's text); before the release the pins
+name ``main`` and no tag is needed. The steps of a release are in ``CONTRIBUTING.md``.
 """
 from __future__ import annotations
 
