@@ -6,7 +6,7 @@ from lidvae_mini.data.text import length_batches, load_yelp, make_synthetic_text
 from lidvae_mini.models.text import build_text_vae, elbo_eval, fit_text
 from lidvae_mini.experiments.text_methods import (LIDSVAE_DECODERS, TEXT_METHODS, build_text_method, decoder_verdicts,
                                                   generator_ceiling, run_corpus, run_text_method, seed_tables,
-                                                  text_findings)
+                                                  seed_verdicts, text_findings)
 
 SMALL = dict(embed_dim=8, enc_hidden=8, dec_hidden=8, icnn_hidden=((8,), (8,)))
 
@@ -91,6 +91,7 @@ def test_seed_tables_and_findings_cover_the_datasets_present():
     assert {ds for ds, _ in fit.index} == {"synthetic", "yahoo"} and len(recovery) == 2
     with_yelp = old | {"yelp": rows([-200.0, -200.0], [-200.5, -201.5])}
     assert {ds for ds, _ in seed_tables(with_yelp)[0].index} == {"synthetic", "yahoo", "yelp"}
+    assert seed_verdicts(with_yelp, "yelp")["lidsvae"]["fits"] and not seed_verdicts(old, "yahoo")["lidsvae"]["fits"]
     lines = text_findings(with_yelp)
     yelp = [line for line in lines if line.startswith("Yelp, LIDSVAE")]
     assert len(yelp) == 1 and "1.00 nats per sentence below" in yelp[0] and "so it fits" in yelp[0]

@@ -220,6 +220,17 @@ def seed_tables(metrics: dict):
             table(present, (("iwae", 2), ("iwae_per_token", 3), ("best_epoch", 1))))
 
 
+def seed_verdicts(metrics: dict, dataset: str) -> dict:
+    """:func:`decoder_verdicts` over the seeds of ``dataset`` in an aggregated 09_text result, with the sequential
+    VAE's mean predicted tokens per test sentence as the length that scales the margin."""
+    from ..book.results import per_seed
+
+    m = metrics[dataset]
+    tokens = float(np.mean(per_seed(m["vae"]["n_tokens"]) / per_seed(m["vae"]["n_sentences"])))
+    return decoder_verdicts({k: {"iwae": per_seed(v["iwae"]), "au": per_seed(v["au"])} for k, v in m.items()},
+                            tokens)
+
+
 def text_findings(metrics: dict) -> list[str]:
     """The sentences 09_text states about an aggregated multi-seed result, generated from its numbers: the budget
     rule on the sequential VAE's learning curves, the decision rule of :func:`decoder_verdicts` for every LIDSVAE
@@ -236,9 +247,7 @@ def text_findings(metrics: dict) -> list[str]:
         node = m["vae"]["valid_nelbo"]
         curves = node["values"] if isinstance(node, dict) else [node]  # a list kept as is: equal on every seed
         lines.append(f"{label}: " + budget_sentence("the sequential VAE", curves))
-        tokens = float(np.mean(per_seed(m["vae"]["n_tokens"]) / per_seed(m["vae"]["n_sentences"])))
-        verdicts = decoder_verdicts({k: {"iwae": per_seed(v["iwae"]), "au": per_seed(v["au"])} for k, v in m.items()},
-                                    tokens)
+        verdicts = seed_verdicts(metrics, ds)
         for k, v in verdicts.items():
             au = (f"its AU is at least 1 on every seed (smallest {fmt(v['au_min'], 0)})" if v["keeps_latent"] else
                   f"its AU falls to {fmt(v['au_min'], 0)} on some seed")

@@ -50,7 +50,6 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
 
 from .._checks import as_float_array, check_choice, check_int, check_positive
@@ -370,8 +369,8 @@ def fit(model, train_x, valid_x=None, *, epochs: int = 10, batch_size: int = 100
                     if binarize == "dynamic":
                         xb = torch.bernoulli(xb, generator=data_rng)
                     step += 1
-                    sums += _elbo_step(model, opt, xb.to(device, non_blocking=True), n_samples, grad_clip, autocast,
-                                       guard, (good, epoch, ckpt_path, history)) * signs[xb.shape[0]]
+                    sums += _elbo_step(model, opt, params, xb.to(device, non_blocking=True), n_samples, grad_clip,
+                                       autocast, guard, (good, epoch, ckpt_path, history)) * signs[xb.shape[0]]
                 guard.check(model, opt, good, epoch, ckpt_path, history)
                 if not _all_finite(model):
                     _diverged("parameter", float("nan"), epoch, step, ckpt_path, history, model, opt, good)
@@ -477,12 +476,13 @@ def _resume(ckpt_path: Path, model, opt, data_rng: torch.Generator, config: dict
     return {k: list(state["history"][k]) for k in HISTORY_KEYS}, int(state["epoch"]), int(state["step"])
 
 
-def _elbo_step(model, opt, xb: torch.Tensor, n_samples: int, grad_clip, autocast, guard, where) -> torch.Tensor:
+def _elbo_step(model, opt, params: list, xb: torch.Tensor, n_samples: int, grad_clip, autocast, guard,
+               where) -> torch.Tensor:
     """One optimisation step of :func:`fit` on the batch ``xb``: the loss under ``autocast``, backward, clipping
     over all parameters, the update. Returns the device tensor ``(sum of the ELBO, sum of the KL, batch-mean
     loss)`` in float64 (no host synchronisation) and records the loss and gradient norm in ``guard``, which is read
-    when full; ``where``: ``(state restored on divergence, epoch, checkpoint path, history)``."""
-    params = list(model.parameters())
+    when full; ``params``: the model's parameters (clipped together); ``where``: ``(state restored on divergence,
+    epoch, checkpoint path, history)``."""
     try:
         with autocast():
             loss, parts = model.loss(xb, n_samples=n_samples)
