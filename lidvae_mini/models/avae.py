@@ -71,7 +71,7 @@ from scipy.special import logsumexp as np_logsumexp
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
-from .._checks import as_float_array, check_choice, check_int, check_positive, hidden_sizes
+from .._checks import check_choice, check_int, check_positive, hidden_sizes
 from .decoders import (InjectiveDecoder, MLPDecoder, bernoulli_kl_from_logits, book_decoder, count_parameters,
                        decoder_variant, matched_mlp_hidden)
 from .encoders import mlp, standard_normal_log_prob

@@ -52,7 +52,6 @@ double backward; :mod:`lidvae_mini.models.brenier` uses it by default.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
