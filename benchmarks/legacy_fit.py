@@ -19,9 +19,10 @@ from pathlib import Path
 import torch
 
 from lidvae_mini._checks import check_choice, check_int, check_positive
+from lidvae_mini.models.loop import _all_finite, _atomic_save
+from lidvae_mini.models.loop import show_progress as _show_progress
 from lidvae_mini.models.train import (BINARIZE, CHECKPOINT_FILE, HISTORY_KEYS, NonFiniteLossError, OPTIMIZERS,
-                                      _all_finite, _as_tensor, _atomic_save, _is_binary, _make_optimizer,
-                                      _show_progress, evaluate, load_checkpoint)
+                                      _as_tensor, _is_binary, _make_optimizer, evaluate, load_checkpoint)
 from lidvae_mini.models.vae import VAE
 
 _RESUME_KEYS = ("batch_size", "lr", "optimizer", "seed", "binarize", "grad_clip", "weight_decay", "n_samples",

@@ -498,7 +498,7 @@ def _sens_stats(v_points: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 
 def _progress_bar(total, enabled, desc):
-    from .models.train import _show_progress
+    from .models.loop import show_progress as _show_progress
 
     if not _show_progress(enabled):
         return None

@@ -92,7 +92,7 @@ def test_reexported_names_resolve_to_their_definition():
 
 
 def test_an_imported_name_means_the_imported_object():
-    """``Raises: NonFiniteLossError`` in avae (which imports it from train) must not be ambiguous with text's class."""
+    """``Raises: NonFiniteLossError`` in avae and text (which import it from the loop) names the loop's class."""
     import sys
 
     from docutils import nodes
@@ -111,4 +111,4 @@ def test_an_imported_name_means_the_imported_object():
         doc += ref
     _imported_names_first(None, doc)
     assert [r["reftarget"] for r in doc.findall(addnodes.pending_xref)] == \
-        ["lidvae_mini.models.train.NonFiniteLossError", "NonFiniteLossError"]   # text defines its own: left to Sphinx
+        ["lidvae_mini.models.loop.NonFiniteLossError"] * 2

@@ -367,3 +367,32 @@ def test_semi_amortized_keeps_an_example1_prior(data):
         assert m.prior == "example1" and not m.learn_prior
         torch.testing.assert_close(m.prior_means, model.prior_means)
     assert math.isfinite(float(sa.loss(data[1][:8])[0].detach()))
+
+
+def _state(model):
+    return {k: v.clone() for k, v in model.state_dict().items()}
+
+
+def _same_run(a: dict, b: dict, ha: dict, hb: dict) -> None:
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert set(ha) == set(hb)
+    for k in ha:
+        if k != "seconds":
+            assert [repr(v) for v in ha[k]] == [repr(v) for v in hb[k]], k
+
+
+@pytest.mark.parametrize("stop_after", [1, 3])       # in the aggressive phase; in the standard phase after it
+@pytest.mark.parametrize("select_best", [False, True])
+def test_aggressive_training_interrupted_and_resumed_equals_uninterrupted(data, tmp_path, stop_after, select_best):
+    """Both phases checkpoint through the one loop: a run stopped after ``stop_after`` epochs and resumed from its
+    checkpoints ends bitwise where an uninterrupted one does (the phase ends after epoch 2: a constant MI)."""
+    x, xv = data
+    kw = dict(batch_size=50, lr=1e-2, seed=0, max_inner_steps=4, check_every=2, mi_fn=lambda m, v: 0.0,
+              select_best=select_best)
+    ref = _vae()
+    h_ref = fit_aggressive(ref, x[:100], xv, epochs=5, **kw)
+    assert h_ref["aggressive"] == [True, True, False, False, False]
+    fit_aggressive(_vae(), x[:100], xv, epochs=stop_after, checkpoint_dir=tmp_path, **kw)
+    resumed = _vae(seed=5)                                  # another initialisation: the checkpoint must replace it
+    h = fit_aggressive(resumed, x[:100], xv, epochs=5, checkpoint_dir=tmp_path, **kw)
+    _same_run(_state(ref), _state(resumed), h_ref, h)

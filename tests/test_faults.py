@@ -14,9 +14,10 @@ NaN loss.
   :class:`~lidvae_mini.models.train.NonFiniteLossError` naming that epoch and step; the last good checkpoint is byte for
   byte the one written before, and loads with ``weights_only=True``.
 
-The same three faults are tested for the aggregate VAE's own training loop (:func:`lidvae_mini.models.avae.fit_avae`,
-issue 11), whose checkpoint holds no torch RNG state (its encoder is deterministic; the KDE subsets, batches and
-binarisation bits come from its seeded generator, which is saved).
+The same faults are tested for the aggregate VAE (:func:`lidvae_mini.models.avae.fit_avae`, issue 11: the KDE
+subsets, batches and binarisation bits come from its seeded generator, which is saved) and the text models
+(:func:`lidvae_mini.models.text.fit_text`: a NumPy generator orders the batches), which train through the same loop
+(:mod:`lidvae_mini.models.loop`, issue 20).
 """
 from __future__ import annotations
 
@@ -32,8 +33,7 @@ import pytest
 import torch
 
 from conftest import ROOT
-from lidvae_mini.models import avae as avae_mod
-from lidvae_mini.models import train as train_mod
+from lidvae_mini.models import loop as loop_mod
 from lidvae_mini.models.train import NonFiniteLossError, load_checkpoint
 
 # Two set-ups, both small (a few seconds per process): a Gaussian LIDVAE on the pinwheel with Adam, and a Bernoulli
@@ -48,6 +48,16 @@ SETUP = textwrap.dedent("""
 
     def setup(name):
         \"\"\"(training function, model, train data, validation data, settings, checkpoint file name)\"\"\"
+        if name == "text":                                       # the text loop (issue 20): 4 batches of 20 sentences
+            from lidvae_mini.data.text import length_batches, make_synthetic_text
+            from lidvae_mini.models.text import build_text_vae, fit_text
+            d = make_synthetic_text(n_train=80, n_valid=20, n_test=4, vocab_size=30, seed=0)
+            torch.manual_seed(0)
+            model = build_text_vae("lidsvae", len(d.vocab), latent_dim=2, embed_dim=8, enc_hidden=8, dec_hidden=8,
+                                   icnn_hidden=((8,), (8,)))
+            kw = dict(epochs=4, lr=1e-2, seed=1)
+            batches = length_batches(d.train, 20, shuffle=True, seed=0)
+            return fit_text, model, batches, length_batches(d.valid, 20), kw, "checkpoint.pt"
         if name == "pinwheel":
             x, _ = make_pinwheel(24, scale=1.0, seed=0)          # 120 points: 4 batches of 30
             xv, _ = make_pinwheel(8, scale=1.0, seed=1)
@@ -161,7 +171,7 @@ def _filename(name) -> str:
     return _setup(name)[-1]
 
 
-@pytest.mark.parametrize("name", ["pinwheel", "avae"])
+@pytest.mark.parametrize("name", ["pinwheel", "avae", "text"])
 def test_killed_mid_epoch_then_resumed_equals_uninterrupted(tmp_path, name):
     ref = _reference(name, tmp_path / "ref")
     ckpt, marker, filename = tmp_path / "run", tmp_path / "hanging", _filename(name)
@@ -214,7 +224,7 @@ def _sha(path) -> str:
 
 
 @pytest.mark.parametrize("name, bad_step", [("pinwheel", 2 * N_BATCHES + 3), ("pinwheel", 2),
-                                            ("avae", 2 * N_BATCHES + 3)])
+                                            ("avae", 2 * N_BATCHES + 3), ("text", 2 * N_BATCHES + 3)])
 def test_nan_loss_names_epoch_and_step_and_keeps_the_last_good_checkpoint(tmp_path, monkeypatch, name, bad_step):
     fit, model, x, xv, kw, filename = _setup(name)
     loss, calls = model.loss, [0]
@@ -226,17 +236,15 @@ def test_nan_loss_names_epoch_and_step_and_keeps_the_last_good_checkpoint(tmp_pa
 
     model.loss = nan_loss
     saved = []                                     # the hash of every checkpoint written
-    save = train_mod._atomic_save
+    save = loop_mod._atomic_save
 
     def recording_save(obj, path):
         save(obj, path)
         saved.append(_sha(path))
 
-    monkeypatch.setattr(train_mod, "_atomic_save", recording_save)
-    monkeypatch.setattr(avae_mod, "_atomic_save", recording_save)
+    monkeypatch.setattr(loop_mod, "_atomic_save", recording_save)
     epoch = (bad_step - 1) // N_BATCHES + 1
-    # fit counts steps from 1; the AVAE loop names the number of steps completed before the failing one
-    step = bad_step if name != "avae" else bad_step - 1
+    step = bad_step                                # the one loop counts steps from 1, for every method
     with pytest.raises(NonFiniteLossError, match=rf"at epoch {epoch}, step {step}\b") as info:
         fit(model, x, xv, checkpoint_dir=tmp_path, **kw)
     assert (info.value.epoch, info.value.step) == (epoch, step)

@@ -121,8 +121,20 @@ def test_epoch_hooks_run_around_every_epoch_of_both_trainers(trainer):
                         after_epoch=lambda m, e: calls.append(("after", e)), **extra)
     assert calls == [(w, e) for e in (1, 2, 3) for w in ("before", "after")]
     assert list(hist["epoch"]) == [1, 2, 3]
-    with pytest.raises(ValueError, match="select_best"):
-        fit_baseline("elbo", _lid(), x, xv, epochs=1, after_epoch=lambda m, e: None)
+    calls.clear()                       # the one loop calls them without model selection too
+    fit_baseline(trainer, _lid(), x, xv, epochs=2, batch_size=30, lr=1e-2, seed=0,
+                 after_epoch=lambda m, e: calls.append(("after", e)), **extra)
+    assert calls == [("after", 1), ("after", 2)]
+
+
+def test_a_hook_that_draws_random_numbers_does_not_change_training():
+    """The loop runs every hook in an RNG forked from the training stream."""
+    x, xv = _data(60, 1)[0], _data(20, 2)[0]
+    a, b = _lid(), _lid()
+    fit_baseline("elbo", a, x, xv, epochs=2, batch_size=30, lr=1e-2, seed=0)
+    fit_baseline("elbo", b, x, xv, epochs=2, batch_size=30, lr=1e-2, seed=0,
+                 before_epoch=lambda m, e: torch.randn(100), after_epoch=lambda m, e: torch.rand(7))
+    assert all(torch.equal(p, q) for p, q in zip(a.state_dict().values(), b.state_dict().values()))
 
 
 def test_the_hooks_do_not_change_training():

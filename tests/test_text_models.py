@@ -270,3 +270,24 @@ def test_densities_and_kl_against_torch_distributions(kind):
     with torch.random.fork_rng():
         p = m.elbo_parts(x, 1)
     assert torch.allclose(loss, (p["rec"] + m.beta * kl).mean(), atol=1e-5)
+
+
+@pytest.mark.parametrize("kw", [{}, {"aggressive": True, "max_inner_steps": 3, "check_every": 2, "keep_best": True}])
+def test_fit_text_interrupted_and_resumed_equals_uninterrupted(tmp_path, kw):
+    """The text models train through the one loop: checkpoints every epoch, resumed bitwise (issue 20)."""
+    d = make_synthetic_text(n_train=60, n_valid=20, n_test=4, vocab_size=30, seed=0)
+    tr, va = length_batches(d.train, 20, shuffle=True, seed=0), length_batches(d.valid, 20)
+
+    def model(seed):
+        torch.manual_seed(seed)
+        return build_text_vae("lidsvae", len(d.vocab), latent_dim=2, embed_dim=8, enc_hidden=8, dec_hidden=8,
+                              icnn_hidden=((8,), (8,)))
+    ref = model(0)
+    h_ref = fit_text(ref, tr, va, epochs=3, lr=1e-2, seed=1, **kw)
+    fit_text(model(0), tr, va, epochs=1, lr=1e-2, seed=1, checkpoint_dir=tmp_path, **kw)
+    resumed = model(7)
+    h = fit_text(resumed, tr, va, epochs=3, lr=1e-2, seed=1, checkpoint_dir=tmp_path, **kw)
+    assert all(torch.equal(v, resumed.state_dict()[k]) for k, v in ref.state_dict().items())
+    assert {k: v for k, v in h.items() if k != "seconds"} == {k: v for k, v in h_ref.items() if k != "seconds"}
+    with pytest.raises(ValueError, match="different settings"):
+        fit_text(model(0), tr, va, epochs=4, lr=2e-2, seed=1, checkpoint_dir=tmp_path, **kw)

@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 import torch
 
+from lidvae_mini.models import loop as loop_mod
 from lidvae_mini.models import train as train_mod
 from lidvae_mini.data.pinwheel import make_pinwheel
 from lidvae_mini.models.train import CHECKPOINT_FILE, HISTORY_KEYS, NonFiniteLossError, evaluate, fit, load_checkpoint
@@ -194,7 +195,7 @@ def test_bad_data_raise(pinwheel):
 
 def test_progress_is_silent_when_disabled(monkeypatch):
     monkeypatch.setenv("TQDM_DISABLE", "1")
-    assert train_mod._show_progress(None) is False
-    assert train_mod._show_progress(True) is True
+    assert loop_mod.show_progress(None) is False
+    assert loop_mod.show_progress(True) is True
     monkeypatch.delenv("TQDM_DISABLE")
-    assert train_mod._show_progress(False) is False
+    assert loop_mod.show_progress(False) is False

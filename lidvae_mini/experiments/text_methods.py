@@ -82,7 +82,7 @@ def run_text_method(method: str, data, *, latent_dim: int, epochs: int, lr: floa
     hist = fit_text(model, train, valid, epochs=epochs, lr=lr, seed=seed, keep_best=keep_best,
                     **fit_kwargs(method, sa_svi_steps, lagging_inner_steps))
     ev = evaluate_text(model, test, iwae_samples=iwae_samples, seed=seed)
-    ev.update(decoder_parameters=count_parameters(model.decoder), seconds=hist["seconds"],
+    ev.update(decoder_parameters=count_parameters(model.decoder), seconds=sum(hist["seconds"]),
               best_epoch=hist.get("best_epoch", epochs), valid_nelbo=hist["valid_nelbo"])
     if data.test.z is not None:
         mu_tr, _ = posterior_stats(model, length_batches(data.train, 100), len(data.train))

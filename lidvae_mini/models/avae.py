@@ -57,12 +57,9 @@ learning-rate schedule, a seeded generator, dynamic binarisation for the Bernoul
 """
 from __future__ import annotations
 
-import copy
 import functools
 import math
 import os
-import time
-from pathlib import Path
 
 import numpy as np
 import torch
@@ -76,7 +73,8 @@ from .decoders import (InjectiveDecoder, MLPDecoder, bernoulli_kl_from_logits, b
                        decoder_variant, matched_mlp_hidden)
 from .encoders import mlp, standard_normal_log_prob
 from ..evaluation.metrics import active_units
-from .train import NonFiniteLossError, _as_tensor, _atomic_save, load_checkpoint
+from .loop import Method, NonFiniteLossError, train_loop, update  # noqa: F401  (NonFiniteLossError: raised here)
+from .train import _as_tensor
 from .vae import SUPPORTED_HEADS, DecoderFacts, EncoderFacts, check_encoder_decoder
 
 LOG_2PI = math.log(2.0 * math.pi)
@@ -87,8 +85,6 @@ KDE_CHUNK = 512
 #: Keys of the history returned by :func:`fit_avae` (one entry per epoch).
 HISTORY_KEYS = ("epoch", "train_loss", "train_rec", "train_kl", "valid_rec", "valid_kl", "valid_au", "scale",
                 "seconds")
-_RESUME_KEYS = ("batch_size", "lr", "kde_size", "refresh_every", "seed", "binarize", "grad_clip", "kl_weight",
-                "n_train")
 
 
 # ----------------------------------------------------------------------------------------------- bandwidth
@@ -435,7 +431,7 @@ def evaluate_avae(model: AVAE, x: torch.Tensor, codes: torch.Tensor, batch: int 
 def fit_avae(model: AVAE, train_x, valid_x, *, epochs: int = 10, batch_size: int = 100, lr: float = 1e-3,
              kde_size: int = 1000, refresh_every: int = 10, seed: int = 0, binarize: str | None = None,
              grad_clip: float | None = 5.0, kl_weight: float = 1.0, initial_scale: float | None = None,
-             checkpoint_dir: str | os.PathLike | None = None, resume: bool = True) -> dict:
+             checkpoint_dir: str | os.PathLike | None = None, resume: bool = True, progress: bool | None = None) -> dict:
     """Train an :class:`AVAE` (or LID-AVAE) with the AVAE objective; return the per-epoch history.
 
     Every epoch: a seeded permutation of the training set; its first ``kde_size`` items are that epoch's KDE
@@ -448,10 +444,9 @@ def fit_avae(model: AVAE, train_x, valid_x, *, epochs: int = 10, batch_size: int
     The first ``s`` is ``initial_scale``, else the square root of the validation error at initialisation (the
     reference takes it from its configuration, e.g. ``sqrt(200)`` for CIFAR-10).
 
-    A loop of its own rather than :func:`lidvae_mini.models.train.fit`: fit's objective interface
-    (``model.loss(x, n_samples)``) has no place for the lagging KDE codes and their refresh schedule, the per-epoch
-    KDE subset held out of the minibatches, or the scale ``s`` set from the validation error between epochs. It
-    keeps fit's conventions: explicit seeds, atomic checkpoints read with ``weights_only=True``, a NaN guard.
+    It trains through :func:`lidvae_mini.models.loop.train_loop` (as :class:`AVAEMethod`: the KDE subset and codes
+    are drawn with the epoch's batches, ``s`` is set at the epoch's end), with its guarantees: explicit seeds,
+    atomic checkpoints read with ``weights_only=True`` and resumed bitwise, the NaN guard, quiet progress bars.
 
     Differences from the reference protocol, stated: Adam at a constant ``lr`` (the reference: 5e-4 with
     ReduceLROnPlateau), an MLP encoder without BatchNorm, a global gradient-norm clip ``grad_clip``, dynamic
@@ -473,6 +468,7 @@ def fit_avae(model: AVAE, train_x, valid_x, *, epochs: int = 10, batch_size: int
         initial_scale: the ``s`` of the first epoch (default: from the validation error at initialisation).
         checkpoint_dir: where ``avae_checkpoint.pt`` is written atomically every epoch (model, optimizer, RNG,
             ``s``, history), read back with ``torch.load(weights_only=True)``; ``resume`` continues from it.
+        progress: a bar over epochs, as :func:`lidvae_mini.models.train.fit`.
 
     Returns:
         ``{key: list}`` for every key of :data:`HISTORY_KEYS`; ``*_rec`` and ``*_kl`` in nats per datapoint,
@@ -493,54 +489,73 @@ def fit_avae(model: AVAE, train_x, valid_x, *, epochs: int = 10, batch_size: int
     check_choice(binarize, "binarize", (None, "dynamic"))
     kl_weight = check_positive(kl_weight, "kl_weight")
     grad_clip = check_positive(grad_clip, "grad_clip") if grad_clip is not None else None
-    like = model._like()
+    if initial_scale is not None:
+        initial_scale = check_positive(initial_scale, "initial_scale")
     train, valid = _avae_data(model, train_x, valid_x, kde_size, binarize, seed)
-    n, gen = len(train), torch.Generator().manual_seed(seed)
     config = dict(batch_size=batch_size, lr=lr, kde_size=kde_size, refresh_every=refresh_every, seed=seed,
-                  binarize=str(binarize), grad_clip=grad_clip, kl_weight=kl_weight, n_train=n)
-    opt = torch.optim.Adam(model.parameters(), lr=lr)
-    start_epoch, step, scale, history = 0, 0, None, {k: [] for k in HISTORY_KEYS}
-    ckpt_path = Path(checkpoint_dir) / CHECKPOINT_FILE if checkpoint_dir is not None else None
-    if ckpt_path is not None and resume and ckpt_path.is_file():
-        start_epoch, step, scale, history = _avae_resume(ckpt_path, model, opt, gen, config)
-    if scale is None:   # the first s: given, else from the validation error at initialisation
-        scale = (check_positive(initial_scale, "initial_scale") if initial_scale is not None
-                 else math.sqrt(max(_mean_scale_error(model, valid), 1e-12)))
+                  binarize=str(binarize), grad_clip=grad_clip, kl_weight=kl_weight, n_train=len(train))
+    method = AVAEMethod(model, train, valid, config, initial_scale)
+    return train_loop(model, method, epochs=epochs, seed=seed, checkpoint_dir=checkpoint_dir,
+                      checkpoint_file=CHECKPOINT_FILE, resume=resume, progress=progress)
 
-    model.train()
-    for epoch in range(start_epoch, epochs):
-        t0 = time.perf_counter()
-        good = (copy.deepcopy(model.state_dict()), copy.deepcopy(opt.state_dict()))
-        perm = torch.randperm(n, generator=gen).to(like.device)
-        x_kde = train[perm[:kde_size]]
-        if binarize == "dynamic":
-            x_kde = torch.bernoulli(x_kde, generator=gen)
-        sums, codes = {"loss": 0.0, "rec": 0.0, "kl": 0.0, "n": 0}, None
-        for start in range(kde_size, n, batch_size):    # the minibatches: the rest of the permutation
-            if step % refresh_every == 0 or codes is None:
-                codes = _encode_all(model, x_kde)
-            xb = train[perm[start:start + batch_size]]
-            if binarize == "dynamic":
+
+class AVAEMethod(Method):
+    """:func:`fit_avae`'s method for :func:`~lidvae_mini.models.loop.train_loop`: every epoch a seeded permutation
+    whose first ``kde_size`` items are the epoch's KDE subset and the rest the minibatches; the KDE codes refreshed
+    every ``refresh_every`` steps (the hook before a step), the scale ``s`` set from the validation error after the
+    epoch (the hook after it, checkpointed as ``scale``). ``config``: :func:`fit_avae`'s settings."""
+
+    keys = HISTORY_KEYS
+    progress_keys = ("train_rec", "valid_au")
+
+    def __init__(self, model: AVAE, train: torch.Tensor, valid: torch.Tensor, config: dict, initial_scale):
+        self.model, self.train, self.valid, self.config = model, train, valid, config
+        self.optimizers = {"optimizer": torch.optim.Adam(model.parameters(), lr=config["lr"])}
+        self.generators = {"data_rng": torch.Generator().manual_seed(config["seed"])}
+        self.params = list(model.parameters())
+        self.scale, self.x_kde = initial_scale, None
+
+    def batches(self, epoch: int, step: int):
+        if self.scale is None:   # the first s: from the validation error at initialisation
+            self.scale = math.sqrt(max(_mean_scale_error(self.model, self.valid), 1e-12))
+        gen, kde, bs = self.generators["data_rng"], self.config["kde_size"], self.config["batch_size"]
+        perm = torch.randperm(len(self.train), generator=gen).to(self.train.device)
+        self.x_kde = self.train[perm[:kde]]
+        if self.config["binarize"] == "dynamic":
+            self.x_kde = torch.bernoulli(self.x_kde, generator=gen)
+        codes = None
+        for i, start in enumerate(range(kde, len(self.train), bs)):   # the minibatches: the rest of the permutation
+            if (step + i) % self.config["refresh_every"] == 0 or codes is None:
+                codes = _encode_all(self.model, self.x_kde)
+            xb = self.train[perm[start:start + bs]]
+            if self.config["binarize"] == "dynamic":
                 xb = torch.bernoulli(xb, generator=gen)
-            _avae_step(model, opt, xb, codes, scale, kl_weight, grad_clip, sums, good, (epoch + 1, step, ckpt_path))
-            step += 1
-        ev = evaluate_avae(model, valid, _encode_all(model, x_kde))
-        row = {"epoch": epoch + 1, "valid_rec": ev["rec"], "valid_kl": ev["kl"], "valid_au": ev["au"], "scale": scale,
-               **{f"train_{k}": sums[k] / max(sums["n"], 1) for k in ("loss", "rec", "kl")}}
-        for k in HISTORY_KEYS:
-            history[k].append(time.perf_counter() - t0 if k == "seconds" else row[k])
+            yield xb, codes
+
+    def step(self, batch, guard) -> torch.Tensor:
+        xb, codes = batch
+        loss, parts = self.model.loss(xb, codes, self.scale, self.config["kl_weight"])
+        update(self.optimizers["optimizer"], loss, self.params, self.config["grad_clip"], guard)
+        b = len(xb)
+        return torch.stack([loss.detach().double() * b, parts["rec"].detach().double().sum(),
+                            parts["kl"].detach().double() * b,
+                            torch.full((), float(b), dtype=torch.float64, device=loss.device)])
+
+    def end_epoch(self, epoch: int, sums, guard) -> dict:
+        ev = evaluate_avae(self.model, self.valid, _encode_all(self.model, self.x_kde))
         if not (math.isfinite(ev["rec"]) and math.isfinite(ev["scale_error"])):
-            model.load_state_dict(good[0])
-            opt.load_state_dict(good[1])
-            raise NonFiniteLossError(f"non-finite validation error at epoch {epoch + 1}", epoch + 1, step, None)
-        scale = math.sqrt(max(ev["scale_error"], 1e-12))
-        if ckpt_path is not None:
-            ckpt_path.parent.mkdir(parents=True, exist_ok=True)
-            _atomic_save({"model": model.state_dict(), "optimizer": opt.state_dict(), "data_rng": gen.get_state(),
-                          "epoch": epoch + 1, "step": step, "scale": scale, "history": history, "config": config},
-                         ckpt_path)
-    model.eval()
-    return history
+            guard.diverged("validation error", ev["rec"])
+        loss, rec, kl, count = sums.tolist()
+        row = {"train_loss": loss / max(count, 1), "train_rec": rec / max(count, 1), "train_kl": kl / max(count, 1),
+               "valid_rec": ev["rec"], "valid_kl": ev["kl"], "valid_au": ev["au"], "scale": self.scale}
+        self.scale = math.sqrt(max(ev["scale_error"], 1e-12))     # the s of the next epoch
+        return row
+
+    def state_dict(self) -> dict:
+        return {"scale": self.scale}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.scale = state["scale"]
 
 
 def _avae_data(model: AVAE, train_x, valid_x, kde_size: int, binarize, seed: int):
@@ -560,41 +575,6 @@ def _avae_data(model: AVAE, train_x, valid_x, kde_size: int, binarize, seed: int
         model.check_x(train[:10_000].to(like.device), "train_x")
     model.check_x(valid.to(like.device), "valid_x")
     return train.to(like.device), valid.to(like.device)
-
-
-def _avae_resume(ckpt_path: Path, model: AVAE, opt, gen: torch.Generator, config: dict):
-    """Restore :func:`fit_avae`'s state from ``ckpt_path``: returns ``(epoch, step, scale, history)``; raises
-    ``ValueError`` when the checkpoint was written with other settings."""
-    state = load_checkpoint(ckpt_path)
-    bad = {k: (state["config"].get(k), config[k]) for k in _RESUME_KEYS if state["config"].get(k) != config[k]}
-    if bad:
-        raise ValueError(f"checkpoint {ckpt_path} was written with other settings: {bad}")
-    model.load_state_dict(state["model"])
-    opt.load_state_dict(state["optimizer"])
-    gen.set_state(state["data_rng"])
-    return state["epoch"], state["step"], state["scale"], state["history"]
-
-
-def _avae_step(model: AVAE, opt, xb, codes, scale: float, kl_weight: float, grad_clip, sums: dict, good, where):
-    """One step of :func:`fit_avae` on ``xb``, its loss and terms added to ``sums`` (per-item sums and ``"n"``).
-    A non-finite loss or gradient restores ``good`` (model and optimizer state) before any update and raises
-    :class:`NonFiniteLossError`; ``where``: ``(epoch, step, checkpoint path)``."""
-    loss, parts = model.loss(xb, codes, scale, kl_weight)
-    opt.zero_grad(set_to_none=True)
-    loss.backward()
-    gnorm = torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip if grad_clip else float("inf"))
-    if not (torch.isfinite(loss) and torch.isfinite(gnorm)):
-        model.load_state_dict(good[0])
-        opt.load_state_dict(good[1])
-        epoch, step, ckpt_path = where
-        raise NonFiniteLossError(f"non-finite AVAE loss or gradient at epoch {epoch}, step {step}", epoch, step,
-                                 ckpt_path if ckpt_path and ckpt_path.is_file() else None)
-    opt.step()
-    b = len(xb)
-    sums["loss"] += float(loss.detach()) * b
-    sums["rec"] += float(parts["rec"].detach().double().sum())
-    sums["kl"] += float(parts["kl"].detach()) * b
-    sums["n"] += b
 
 
 @torch.no_grad()

@@ -64,6 +64,8 @@ from .encoders import LOG_2PI as LOG_2PI_
 from .encoders import LOGVAR_RANGE, ConditionalRealNVP, GaussianEncoder
 from ..evaluation.metrics import mean_and_standard_error, mutual_information_report
 from .mixture import EXAMPLE1_GAMMA, MixtureVAE, coupling_context_parts, entropy_from_log_probs
+from .loop import BestState, Method, train_loop, update
+from .train import HISTORY_KEYS
 from .vae import VAE
 
 #: Kim et al.'s SVI settings (``train_img.py`` defaults; He et al.'s rerun uses the same lr, momentum and clip).
@@ -72,6 +74,8 @@ SVI_DEFAULTS = {"svi_steps": 20, "svi_lr": 1.0, "momentum": 0.5, "clip": 5.0}
 TRAINERS = ("elbo", "sa_vae", "aggressive")
 #: Extra per-epoch keys of :func:`fit_aggressive`'s history (besides :data:`lidvae_mini.models.train.HISTORY_KEYS`).
 AGGRESSIVE_KEYS = ("aggressive", "inner_steps_mean", "inner_steps_max", "valid_mi")
+#: The aggressive phase's checkpoint in ``checkpoint_dir`` (the standard phase writes ``checkpoint.pt`` beside it).
+AGGRESSIVE_CHECKPOINT_FILE = "aggressive_checkpoint.pt"
 
 
 # ------------------------------------------------------------------------------------------------- SA-VAE
@@ -637,48 +641,6 @@ def _flow_mutual_information(enc, x, seed: int, batch_size: int, pool, return_se
     return mutual_information_from_log_density(log_q.double().cpu(), return_se=return_se)
 
 
-# ------------------------------------------------------------------------------------------- model selection
-class _BestState:
-    """The parameters at the lowest validation negative ELBO seen so far."""
-
-    def __init__(self):
-        self.value, self.epoch, self.state = math.inf, None, None
-
-    def update(self, model, value: float, epoch: int) -> None:
-        if math.isfinite(value) and value < self.value:
-            self.value, self.epoch = value, epoch
-            self.state = {k: v.detach().clone() for k, v in model.state_dict().items()}
-
-    def restore(self, model) -> None:
-        if self.state is not None:
-            model.load_state_dict(self.state)
-
-
-def _call_hook(hook, model, epoch: int) -> None:
-    if hook is not None:
-        hook(model, epoch)
-
-
-def _fit_epochwise(model, train, valid, epochs: int, epoch_offset: int, best: _BestState, *, before_epoch=None,
-                   after_epoch=None, **fit_kwargs) -> dict:
-    """:func:`lidvae_mini.models.train.fit` one epoch at a time (resuming from a temporary checkpoint, which gives the
-    same parameters as one uninterrupted call), recording the best validation state after every epoch and calling
-    ``before_epoch(model, epoch)`` / ``after_epoch(model, epoch)`` (epochs numbered from ``epoch_offset + 1``)."""
-    import tempfile
-
-    from .train import fit
-
-    fit_kwargs = {**fit_kwargs, "progress": False, "eval_every": 1}
-    hist = None
-    with tempfile.TemporaryDirectory() as tmp:
-        for e in range(1, epochs + 1):
-            _call_hook(before_epoch, model, epoch_offset + e)
-            hist = fit(model, train, valid, epochs=e, checkpoint_dir=tmp, resume=True, **fit_kwargs)
-            best.update(model, hist["valid_neg_elbo"][-1], epoch_offset + e)
-            _call_hook(after_epoch, model, epoch_offset + e)
-    return hist
-
-
 # ----------------------------------------------------------------------------------------- aggressive training
 def encoder_inner_loop(step_fn, max_inner_steps: int = 100, check_every: int = 15) -> int:
     """He et al.'s inner loop: call ``step_fn()`` (one encoder update; returns ``(loss_sum, count)`` of its batch)
@@ -725,9 +687,11 @@ def fit_aggressive(model, train_x, valid_x, *, epochs: int = 10, batch_size: int
                    binarize: str | None = None, grad_clip: float | None = 5.0, max_inner_steps: int = 100,
                    check_every: int = 15, mi_patience: int = 1, mi_fn=None, encoder_params=None, n_samples: int = 1,
                    eval_batch_size: int = 1000, select_best: bool = False, progress: bool | None = None,
-                   before_epoch=None, after_epoch=None) -> dict:
+                   before_epoch=None, after_epoch=None, checkpoint_dir=None, resume: bool = True) -> dict:
     """Aggressive ("lagging encoder") training of He et al. (2019), then ordinary ELBO training.
 
+    Both phases run through :func:`lidvae_mini.models.loop.train_loop` (the aggressive one as
+    :class:`AggressiveMethod`), with its guarantees: seeded, checkpointed and resumable bitwise, the NaN guard.
     Aggressive phase, for each minibatch: :func:`encoder_inner_loop` (encoder-only Adam steps: the first on the
     minibatch itself, then on fresh random minibatches, freshly binarised; at most ``max_inner_steps``, stopping
     when the mean loss over ``check_every`` steps rises), then one decoder-only step on the minibatch. Gradients are
@@ -751,7 +715,9 @@ def fit_aggressive(model, train_x, valid_x, *, epochs: int = 10, batch_size: int
         select_best: at the end, restore the parameters of the epoch with the lowest validation negative ELBO
             (model selection on the validation split).
         before_epoch, after_epoch: ``(model, epoch) -> None`` called around every epoch of both phases (epochs
-            numbered from 1), e.g. to record a trace; the standard phase needs ``select_best`` for them.
+            numbered from 1), e.g. to record a trace.
+        checkpoint_dir, resume: as :func:`~lidvae_mini.models.train.fit`; the aggressive phase writes
+            :data:`AGGRESSIVE_CHECKPOINT_FILE`, the standard phase ``checkpoint.pt``, both in ``checkpoint_dir``.
 
     Returns:
         history: every key of :data:`lidvae_mini.models.train.HISTORY_KEYS` plus :data:`AGGRESSIVE_KEYS` (``aggressive``:
@@ -760,16 +726,14 @@ def fit_aggressive(model, train_x, valid_x, *, epochs: int = 10, batch_size: int
 
     Raises:
         TypeError/ValueError: bad data or settings (as :func:`~lidvae_mini.models.train.fit`), no validation data.
+        NonFiniteLossError: as :func:`~lidvae_mini.models.train.fit`.
     """
     from . import train as T
 
-    epochs = check_int(epochs, "epochs", minimum=0)
-    batch_size = check_int(batch_size, "batch_size")
-    lr = check_positive(lr, "lr")
-    seed = check_int(seed, "seed", minimum=0)
+    epochs, batch_size = check_int(epochs, "epochs", minimum=0), check_int(batch_size, "batch_size")
+    lr, seed = check_positive(lr, "lr"), check_int(seed, "seed", minimum=0)
     check_choice(binarize, "binarize", T.BINARIZE)
-    mi_patience = check_int(mi_patience, "mi_patience")
-    n_samples = check_int(n_samples, "n_samples")
+    mi_patience, n_samples = check_int(mi_patience, "mi_patience"), check_int(n_samples, "n_samples")
     check_int(max_inner_steps, "max_inner_steps")
     check_int(check_every, "check_every")
     if grad_clip is not None:
@@ -777,119 +741,129 @@ def fit_aggressive(model, train_x, valid_x, *, epochs: int = 10, batch_size: int
     if valid_x is None:
         raise ValueError("fit_aggressive needs valid_x: the aggressive phase ends on the validation MI")
     enc_params, dec_params = _split_parameters(model, encoder_params)
-    params = list(model.parameters())
-    device = params[0].device
+    like = next(model.parameters())
     # fit's checks and placement, the data kept in host memory (batches are copied to the device)
-    train, valid, data_rng = T._training_data(model, train_x, valid_x, binarize, seed, False, params[0])
+    train, valid, data_rng = T._training_data(model, train_x, valid_x, binarize, seed, False, like)
     if mi_fn is None:
         def mi_fn(m, v):
             return encoder_mutual_information(m, v, seed=seed)
-
-    history = {k: [] for k in T.HISTORY_KEYS + AGGRESSIVE_KEYS}
-    best = _BestState()
-    n = train.shape[0]
-    enc_opt = torch.optim.Adam(enc_params, lr=lr)
-    dec_opt = torch.optim.Adam(dec_params, lr=lr)
-
-    def draw(idx):
-        xb = train[idx]
-        if binarize == "dynamic":
-            xb = torch.bernoulli(xb, generator=data_rng)
-        return xb.to(device)
-
-    def step(xb, opt, epoch):
-        loss, parts = model.loss(xb, n_samples=n_samples)
-        if not bool(torch.isfinite(loss)):
-            raise T.NonFiniteLossError(f"aggressive training diverged: loss = {float(loss)} in epoch {epoch}; "
-                                       f"lower lr", epoch=epoch, step=0, checkpoint=None)
-        enc_opt.zero_grad(set_to_none=True)
-        dec_opt.zero_grad(set_to_none=True)
-        loss.backward()
-        if grad_clip is not None:
-            torch.nn.utils.clip_grad_norm_(params, grad_clip)
-        opt.step()
-        return loss, parts
-
-    aggressive, best_mi, bad, done = True, -math.inf, 0, 0
-    cuda = [device.index or 0] if device.type == "cuda" else []
-    with torch.random.fork_rng(devices=cuda):
-        torch.manual_seed(seed)
-        for epoch in range(1, epochs + 1):
-            if not aggressive:
-                break
-            _call_hook(before_epoch, model, epoch)
-            t0 = time.perf_counter()
-            model.train()
-            sums, inner = _aggressive_epoch(draw, lambda xb, opt: step(xb, opt, epoch), enc_opt, dec_opt, n,
-                                            batch_size, data_rng, max_inner_steps, check_every)
-            with torch.random.fork_rng(devices=cuda):
-                torch.manual_seed(seed * 100_003 + epoch)
-                ev = T.evaluate(model, valid, batch_size=eval_batch_size)
-            mi = float(mi_fn(model, valid.to(device)))
-            if mi > best_mi:
-                best_mi, bad = mi, 0
-            else:
-                bad += 1
-                aggressive = bad < mi_patience
-            best.update(model, ev["neg_elbo"], epoch)
-            row = {"epoch": epoch, "train_neg_elbo": sums["neg_elbo"] / n, "train_kl": sums["kl"] / n,
-                   "train_loss": sums["loss"] / n, "valid_neg_elbo": ev["neg_elbo"], "valid_rec": ev["rec"],
-                   "valid_kl": ev["kl"], "valid_au": ev["au"], "seconds": time.perf_counter() - t0,
-                   "aggressive": True, "inner_steps_mean": sum(inner) / len(inner), "inner_steps_max": max(inner),
-                   "valid_mi": mi}
-            for k in history:
-                history[k].append(row[k])
-            done = epoch
-            _call_hook(after_epoch, model, epoch)
-    if done < epochs:
-        kw = dict(batch_size=batch_size, lr=lr, seed=seed + 1, binarize=binarize, grad_clip=grad_clip,
-                  n_samples=n_samples, eval_batch_size=eval_batch_size)
-        if select_best:
-            rest = _fit_epochwise(model, train, valid, epochs - done, done, best, before_epoch=before_epoch,
-                                  after_epoch=after_epoch, **kw)
-        elif before_epoch is not None or after_epoch is not None:
-            raise ValueError("epoch hooks in the standard phase of aggressive training need select_best=True")
-        else:
-            rest = T.fit(model, train, valid, epochs=epochs - done, progress=progress, **kw)
+    config = dict(batch_size=batch_size, lr=lr, seed=seed, binarize=binarize, grad_clip=grad_clip,
+                  n_samples=n_samples, max_inner_steps=max_inner_steps, check_every=check_every,
+                  mi_patience=mi_patience, n_train=int(train.shape[0]))
+    method = AggressiveMethod(model, train, valid, data_rng, config, enc_params, dec_params, mi_fn, eval_batch_size)
+    best = BestState() if select_best else None
+    ckpt = dict(checkpoint_dir=checkpoint_dir, resume=resume)
+    history = train_loop(model, method, epochs=epochs, seed=seed, checkpoint_file=AGGRESSIVE_CHECKPOINT_FILE,
+                         progress=progress, best=best, before_epoch=before_epoch, after_epoch=after_epoch, **ckpt)
+    done = len(history["epoch"])
+    if done < epochs:   # the standard phase: fit, a fresh Adam, seed + 1, epochs numbered after the aggressive ones
+        if best is not None:
+            best.offset = done
+        rest = T.fit(model, train, valid, epochs=epochs - done, batch_size=batch_size, lr=lr, seed=seed + 1,
+                     binarize=binarize, grad_clip=grad_clip, n_samples=n_samples, eval_batch_size=eval_batch_size,
+                     progress=progress, select_best=best or False, before_epoch=_shifted(before_epoch, done),
+                     after_epoch=_shifted(after_epoch, done), **ckpt)
         _append_standard_phase(history, rest, done)
-    if select_best:
+    if best is not None:
         best.restore(model)
         history["selected"] = [e == best.epoch for e in history["epoch"]]
     model.eval()
     return history
 
 
-def _aggressive_epoch(draw, step, enc_opt, dec_opt, n: int, batch_size: int, data_rng, max_inner_steps: int,
-                      check_every: int):
-    """One epoch of :func:`fit_aggressive`'s aggressive phase: for every minibatch of a seeded permutation, the
-    encoder's inner loop (:func:`encoder_inner_loop`, on fresh random minibatches) and then one decoder step.
-    ``draw(indices)``: a batch on the device; ``step(xb, optimizer)``: ``(loss, parts)`` after one update. Returns
-    ``(sums of -ELBO, KL and loss, encoder steps per minibatch)``."""
-    perm = torch.randperm(n, generator=data_rng)
-    sums = {"neg_elbo": 0.0, "kl": 0.0, "loss": 0.0}
-    inner = []
-    for b in range(0, n, batch_size):
-        xb = draw(perm[b:b + batch_size])
-        current = [xb]
+class AggressiveMethod(Method):
+    """The aggressive phase of :func:`fit_aggressive` for :func:`~lidvae_mini.models.loop.train_loop`: for every
+    minibatch of a seeded permutation, the encoder's inner loop (:func:`encoder_inner_loop`, encoder-only Adam steps
+    on fresh random minibatches) and then one decoder-only step, gradients clipped over all parameters; after the
+    epoch the validation metrics and MI, and the phase ends (:meth:`done`) once the MI has not exceeded its best
+    value for ``mi_patience`` consecutive epochs."""
+
+    keys = HISTORY_KEYS + AGGRESSIVE_KEYS
+    progress_keys = ("train_neg_elbo", "valid_mi")
+
+    def __init__(self, model, train, valid, data_rng, config: dict, enc_params: list, dec_params: list, mi_fn,
+                 eval_batch_size: int):
+        self.model, self.train, self.valid, self.config, self.mi_fn = model, train, valid, config, mi_fn
+        self.params = list(model.parameters())
+        self.device = self.params[0].device
+        self.optimizers = {"encoder_optimizer": torch.optim.Adam(enc_params, lr=config["lr"]),
+                           "decoder_optimizer": torch.optim.Adam(dec_params, lr=config["lr"])}
+        self.generators = {"data_rng": data_rng}
+        self.eval_batch_size = eval_batch_size
+        self.aggressive, self.best_mi, self.bad, self.inner = True, -math.inf, 0, []
+
+    def draw(self, idx) -> torch.Tensor:
+        xb = self.train[idx]
+        if self.config["binarize"] == "dynamic":
+            xb = torch.bernoulli(xb, generator=self.generators["data_rng"])
+        return xb.to(self.device)
+
+    def batches(self, epoch: int, step: int):
+        n, bs = self.train.shape[0], self.config["batch_size"]
+        perm = torch.randperm(n, generator=self.generators["data_rng"])
+        self.inner = []
+        for b in range(0, n, bs):
+            yield self.draw(perm[b:b + bs])
+
+    def _update(self, xb, which: str, guard):
+        loss, parts = self.model.loss(xb, n_samples=self.config["n_samples"])
+        other = self.optimizers["decoder_optimizer" if which == "encoder_optimizer" else "encoder_optimizer"]
+        update(self.optimizers[which], loss, self.params, self.config["grad_clip"], guard, zero=(other,))
+        return loss, parts
+
+    def step(self, xb: torch.Tensor, guard) -> torch.Tensor:
+        n, bs, current = self.train.shape[0], self.config["batch_size"], [xb]
 
         def enc_step():
-            loss, _ = step(current[0], enc_opt)
+            loss, _ = self._update(current[0], "encoder_optimizer", guard)
             m = current[0].shape[0]
-            current[0] = draw(torch.randperm(n, generator=data_rng)[:batch_size])
+            current[0] = self.draw(torch.randperm(n, generator=self.generators["data_rng"])[:bs])
             return float(loss.detach()) * m, m
 
-        inner.append(encoder_inner_loop(enc_step, max_inner_steps, check_every))
-        loss, parts = step(xb, dec_opt)
-        sums["neg_elbo"] -= float(parts["elbo"].detach().sum())
-        sums["kl"] += float(parts["kl"].detach().sum())
-        sums["loss"] += float(loss.detach()) * xb.shape[0]
-    return sums, inner
+        self.inner.append(encoder_inner_loop(enc_step, self.config["max_inner_steps"], self.config["check_every"]))
+        loss, parts = self._update(xb, "decoder_optimizer", guard)
+        return torch.stack([-parts["elbo"].detach().sum().double(), parts["kl"].detach().sum().double(),
+                            loss.detach().double() * xb.shape[0]])
+
+    def end_epoch(self, epoch: int, sums, guard) -> dict:
+        from .train import _validation_row
+
+        n = self.train.shape[0]
+        cuda = [self.device.index or 0] if self.device.type == "cuda" else []
+        row = _validation_row(self.model, self.valid, self.config["seed"] * 100_003 + epoch, self.eval_batch_size,
+                              cuda)
+        if not math.isfinite(row["valid_neg_elbo"]):
+            guard.diverged("validation negative ELBO", row["valid_neg_elbo"])
+        mi = float(self.mi_fn(self.model, self.valid.to(self.device)))
+        if mi > self.best_mi:
+            self.best_mi, self.bad = mi, 0
+        else:
+            self.bad += 1
+            self.aggressive = self.bad < self.config["mi_patience"]
+        neg_elbo, kl, loss_sum = sums.tolist()
+        return {**row, "train_neg_elbo": neg_elbo / n, "train_kl": kl / n, "train_loss": loss_sum / n,
+                "aggressive": True, "inner_steps_mean": sum(self.inner) / len(self.inner),
+                "inner_steps_max": max(self.inner), "valid_mi": mi}
+
+    def done(self) -> bool:
+        return not self.aggressive
+
+    def state_dict(self) -> dict:
+        return {"aggressive": self.aggressive, "best_mi": self.best_mi, "mi_bad_epochs": self.bad}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.aggressive, self.best_mi, self.bad = state["aggressive"], state["best_mi"], state["mi_bad_epochs"]
+
+
+def _shifted(hook, offset: int):
+    """``hook`` called with epochs counted ``offset`` later (the standard phase after the aggressive one)."""
+    if hook is None:
+        return None
+    return lambda model, epoch: hook(model, epoch + offset)
 
 
 def _append_standard_phase(history: dict, rest: dict, done: int) -> None:
     """Append the standard phase's history ``rest`` (epochs counted from 1) after the ``done`` aggressive epochs."""
-    from .train import HISTORY_KEYS
-
     for i in range(len(rest["epoch"])):
         for k in HISTORY_KEYS:
             history[k].append(rest[k][i] + done if k == "epoch" else rest[k][i])
@@ -905,43 +879,27 @@ def fit_baseline(trainer: str, model, train_x, valid_x=None, *, select_best: boo
     """Train ``model`` with one of :data:`TRAINERS`: ``"elbo"`` (:func:`lidvae_mini.models.train.fit`), ``"sa_vae"`` (the
     same loop on a model from :func:`semi_amortized`) or ``"aggressive"`` (:func:`fit_aggressive`).
 
-    With ``select_best`` (needs ``valid_x``) the parameters of the epoch with the lowest validation negative ELBO
-    are restored at the end (``fit`` then runs one epoch at a time from a temporary checkpoint, which gives the
-    same updates as one call) and the history gets a ``selected`` key (True at that epoch). ``kwargs`` go to the
-    trainer (``epochs``, ``batch_size``, ``lr``, ``seed``, ``binarize``, ...). ``before_epoch`` and
-    ``after_epoch``, ``(model, epoch) -> None``, are called around every epoch (numbered from 1); they need
-    ``select_best``.
+    With ``select_best`` (needs ``valid_x``) the model is validated every epoch and the parameters of the epoch
+    with the lowest validation negative ELBO are restored at the end; the history gets a ``selected`` key (True at
+    that epoch). ``kwargs`` go to the trainer (``epochs``, ``batch_size``, ``lr``, ``seed``, ``binarize``, ...).
+    ``before_epoch`` and ``after_epoch``, ``(model, epoch) -> None``, are called around every epoch (numbered
+    from 1) in an RNG forked from the training stream.
 
     Raises:
-        ValueError: unknown ``trainer``; ``select_best`` without ``valid_x``; epoch hooks without
-            ``select_best``. TypeError: ``"sa_vae"`` with a model
+        ValueError: unknown ``trainer``; ``select_best`` without ``valid_x``. TypeError: ``"sa_vae"`` with a model
             whose loss is not the SA-VAE's.
     """
     from .train import fit
 
     check_choice(trainer, "trainer", TRAINERS)
     hooks = dict(before_epoch=before_epoch, after_epoch=after_epoch)
-    if not select_best and (before_epoch is not None or after_epoch is not None):
-        raise ValueError("before_epoch/after_epoch need select_best=True (training then runs one epoch at a time)")
     if trainer == "aggressive":
         return fit_aggressive(model, train_x, valid_x, select_best=select_best, **hooks, **kwargs)
     if trainer == "sa_vae" and not isinstance(model, (SAVAE, SAMixtureVAE)):
         raise TypeError(f"trainer 'sa_vae' needs a model from semi_amortized(model), got {type(model).__name__}")
-    if not select_best:
-        return fit(model, train_x, valid_x, **kwargs)
-    if valid_x is None:
-        raise ValueError("select_best needs valid_x")
-    epochs = check_int(kwargs.pop("epochs", 10), "epochs", minimum=0)
-    kwargs.pop("progress", None)
-    best = _BestState()
-    hist = _fit_epochwise(model, train_x, valid_x, epochs, 0, best, **hooks, **kwargs)
-    if hist is None:
-        from .train import HISTORY_KEYS
-        hist = {k: [] for k in HISTORY_KEYS}
-    best.restore(model)
-    hist["selected"] = [e == best.epoch for e in hist["epoch"]]
-    model.eval()
-    return hist
+    if select_best:
+        kwargs["eval_every"] = 1     # every epoch a candidate
+    return fit(model, train_x, valid_x, select_best=select_best, **hooks, **kwargs)
 
 
 # ---------------------------------------------------------------------------------- image experiments (ch. 08)

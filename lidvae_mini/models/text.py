@@ -23,7 +23,6 @@ NaN guard, the epoch of the lowest validation loss kept on request) but has no c
 from __future__ import annotations
 
 import math
-import time
 
 import numpy as np
 import torch
@@ -33,6 +32,7 @@ from .._checks import check_choice, check_int, check_positive
 from .brenier import BrenierMap
 from ..data.text import BOS, EOS, PAD, UNK
 from .decoders import BETAS, FullRankLift, decoder_variant
+from .loop import Method, NonFiniteLossError, update  # noqa: F401  (NonFiniteLossError: raised by fit_text)
 from ..evaluation.metrics import (active_units, iwae_log_likelihood, kl_gaussian_standard_per_dim, mutual_information,
                                   mutual_information_report)
 
@@ -414,10 +414,6 @@ def build_text_vae(kind: str, vocab_size: int, latent_dim: int = 5, embed_dim: i
 
 
 # ------------------------------------------------------------------------------------------------- training
-class NonFiniteLossError(RuntimeError):
-    """A non-finite loss or gradient during :func:`fit_text`."""
-
-
 def sa_text_loss(model: TextVAE, x: torch.Tensor, svi_steps: int = 10, svi_lr: float = 1.0,
                  momentum: float = 0.5, clip: float = 5.0):
     """SA-VAE objective (Kim et al. 2018) for a :class:`TextVAE`, ``(scalar, parts)``: the encoder's
@@ -441,13 +437,16 @@ def sa_text_loss(model: TextVAE, x: torch.Tensor, svi_steps: int = 10, svi_lr: f
 def fit_text(model: TextVAE, train_batches, valid_batches=None, epochs: int = 5, lr: float = 1e-3,
              seed: int = 0, clip: float = 5.0, weight_decay: float = 0.0, verbose: bool = False,
              loss_fn=None, aggressive: bool = False, max_inner_steps: int = 100, check_every: int = 15,
-             keep_best: bool = False) -> dict:
+             keep_best: bool = False, checkpoint_dir=None, resume: bool = True, progress: bool | None = None) -> dict:
     """Maximise the ELBO (``rec + beta·KL``, batch mean, one draw) with Adam over equal-length batches.
 
-    Seeded: the batch order of every epoch and the reparameterisation noise come from ``seed`` (the caller's
-    torch RNG is restored). Gradients are clipped over all parameters (norm ``clip``). A non-finite loss or
-    gradient raises :class:`NonFiniteLossError` before the update. Per epoch the history records the mean
-    training loss, KL and the validation negative ELBO and KL (one draw, seeded).
+    Trains through :func:`lidvae_mini.models.loop.train_loop` (as :class:`TextMethod`), with its guarantees:
+    seeded (the batch order of every epoch and the reparameterisation noise come from ``seed``; the caller's torch
+    RNG is restored), gradients clipped over all parameters (norm ``clip``), checkpoints in ``checkpoint_dir``
+    (``checkpoint.pt``, every epoch) that ``resume`` continues bitwise, and the NaN guard: a non-finite loss or
+    gradient restores the model to the start of the epoch and raises
+    :class:`~lidvae_mini.models.loop.NonFiniteLossError`. Per epoch the history records the mean training loss and
+    KL and the validation negative ELBO and KL (one draw, seeded), all in nats per sentence.
 
     ``loss_fn(model, x) -> (scalar, parts)`` replaces ``model.loss`` (e.g. :func:`sa_text_loss`). ``aggressive``:
     He et al. (2019)'s lagging-inference training: while the aggressive phase lasts, before every decoder update
@@ -458,111 +457,116 @@ def fit_text(model: TextVAE, train_batches, valid_batches=None, epochs: int = 5,
     ``keep_best``: at the end, restore the parameters of the epoch with the lowest validation negative ELBO (early
     stopping without stopping: the learning curve is still recorded to the last epoch); needs ``valid_batches``.
 
-    Returns: ``{"train_loss": [...], "train_kl": [...], "valid_nelbo": [...], "valid_kl": [...], "seconds": s}``
-    (and ``"aggressive_epochs"``; ``"best_epoch"``, 1-based, with ``keep_best``).
+    Returns: ``{"epoch", "train_loss", "train_kl", "valid_nelbo", "valid_kl", "seconds"}``, one entry per epoch
+    (the ``valid_*`` only with ``valid_batches``); ``"aggressive_epochs"`` (with ``aggressive``) and
+    ``"best_epoch"`` (1-based, with ``keep_best``) are numbers.
 
     Raises:
-        ValueError: ``aggressive`` or ``keep_best`` without ``valid_batches``; ``epochs < 1``.
-        NonFiniteLossError: a non-finite loss or gradient.
+        ValueError: ``aggressive`` or ``keep_best`` without ``valid_batches``; ``epochs < 1``; a checkpoint written
+            with other settings.
+        NonFiniteLossError: a non-finite loss, gradient or parameter.
     """
+    from .loop import BestState, train_loop
+
     epochs = check_int(epochs, "epochs")
     if keep_best and not valid_batches:
         raise ValueError("keep_best needs valid_batches (it keeps the epoch with the lowest validation loss)")
-    opt = torch.optim.Adam(model.parameters(), lr=lr, weight_decay=weight_decay)
-    hist = {"train_loss": [], "train_kl": [], "valid_nelbo": [], "valid_kl": []}
-    rng = np.random.default_rng(seed)
-    loss_fn = loss_fn or (lambda mod, xb: mod.loss(xb))
-    all_params = list(model.parameters())
-    best = _BestEpoch() if keep_best else None
+    if aggressive and not valid_batches:
+        raise ValueError("aggressive training needs valid_batches (its phase ends on the validation MI)")
+    config = dict(lr=lr, seed=seed, clip=clip, weight_decay=weight_decay, aggressive=aggressive,
+                  max_inner_steps=max_inner_steps, check_every=check_every, n_batches=len(train_batches),
+                  loss=getattr(loss_fn, "__qualname__", "TextVAE.loss"))
+    method = TextMethod(model, train_batches, valid_batches, config, loss_fn, verbose)
+    best = BestState() if keep_best else None
+    hist = train_loop(model, method, epochs=epochs, seed=seed, checkpoint_dir=checkpoint_dir, resume=resume,
+                      progress=progress, best=best)
     if aggressive:
-        from .baselines import encoder_inner_loop
-        if not valid_batches:
-            raise ValueError("aggressive training needs valid_batches (its phase ends on the validation MI)")
-        enc_params = list(model.encoder.parameters())
-        enc_step = _encoder_step(model, loss_fn, train_batches, rng, enc_params, lr, weight_decay, clip)
-        dec_params = [p for p in all_params if all(p is not q for q in enc_params)]
-        hist["aggressive_epochs"], best_mi = 0, -math.inf
-    t0 = time.perf_counter()
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        for ep in range(epochs):
-            model.train()
-            tot, kl, n = 0.0, 0.0, 0
-            for i in rng.permutation(len(train_batches)):
-                _, x = train_batches[i]
-                lagging = aggressive and best_mi is not None
-                if lagging:  # the encoder first, then the decoder alone
-                    encoder_inner_loop(enc_step, max_inner_steps, check_every)
-                lo, k = _update(model, loss_fn, x, opt, dec_params if lagging else all_params, clip,
-                                f"at epoch {ep}", frozen=enc_params if lagging else ())
-                tot, kl, n = tot + lo * x.shape[0], kl + k * x.shape[0], n + x.shape[0]
-            hist["train_loss"].append(tot / n)
-            hist["train_kl"].append(kl / n)
-            if valid_batches:
-                ev = elbo_eval(model, valid_batches, seed=seed)
-                hist["valid_nelbo"].append(-ev["elbo"])
-                hist["valid_kl"].append(ev["kl"])
-                if best is not None:
-                    best.offer(model, -ev["elbo"], ep + 1)
-            if aggressive and best_mi is not None:
-                hist["aggressive_epochs"] += 1
-                nv = sum(int(xb.shape[0]) for _, xb in valid_batches)
-                with torch.no_grad():
-                    mi = mutual_information(*posterior_stats(model, valid_batches, nv), seed=seed)
-                best_mi = mi if mi > best_mi else None  # None: the aggressive phase is over
-            if verbose:
-                print(f"epoch {ep + 1}: loss {hist['train_loss'][-1]:.2f} kl {hist['train_kl'][-1]:.3f}")
-    hist["seconds"] = time.perf_counter() - t0
+        hist["aggressive_epochs"] = method.aggressive_epochs
     if best is not None:
-        model.load_state_dict(best.state)
+        best.restore(model)
         hist["best_epoch"] = best.epoch
-    model.eval()
     return hist
 
 
-def _update(model, loss_fn, x, opt, params, clip: float, where: str, frozen=()):
-    """One step of :func:`fit_text`: the loss of batch ``x`` (``frozen`` parameters held fixed), backward, clipping of
-    ``params`` to norm ``clip``, the optimiser's step; ``(loss, KL)`` as floats. A non-finite loss or gradient raises
-    :class:`NonFiniteLossError` (naming ``where``) before the update."""
-    for p in frozen:
-        p.requires_grad_(False)
-    try:
-        loss, parts = loss_fn(model, x)
-        if not torch.isfinite(loss):
-            raise NonFiniteLossError(f"non-finite loss {where}")
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-    finally:
+class TextMethod(Method):
+    """:func:`fit_text`'s method for :func:`~lidvae_mini.models.loop.train_loop`: the batches of every epoch in a
+    seeded order (a NumPy generator, ``data_rng``), one Adam step each on ``loss_fn``; in the aggressive phase the
+    encoder's inner loop first and the decoder alone after it (the lagging VAE); validation ELBO and, in the
+    aggressive phase, MI after the epoch. ``config``: :func:`fit_text`'s settings."""
+
+    selection_key, progress_keys, resume_defaults = "valid_nelbo", ("train_loss",), {}
+
+    def __init__(self, model: TextVAE, train_batches, valid_batches, config: dict, loss_fn, verbose: bool):
+        self.model, self.train, self.valid, self.config, self.verbose = model, train_batches, valid_batches, config, \
+            verbose
+        self.loss_fn = loss_fn or (lambda mod, xb: mod.loss(xb))
+        self.keys = ("epoch", "train_loss", "train_kl") + (("valid_nelbo", "valid_kl") if valid_batches else ()) \
+            + ("seconds",)
+        self.params = list(model.parameters())
+        self.optimizers = {"optimizer": torch.optim.Adam(self.params, lr=config["lr"],
+                                                         weight_decay=config["weight_decay"])}
+        self.generators = {"data_rng": np.random.default_rng(config["seed"])}
+        self.enc_params = list(model.encoder.parameters())
+        self.dec_params = [p for p in self.params if all(p is not q for q in self.enc_params)]
+        self.best_mi, self.aggressive_epochs = (-math.inf if config["aggressive"] else None), 0
+        if config["aggressive"]:
+            self.optimizers["encoder_optimizer"] = torch.optim.Adam(self.enc_params, lr=config["lr"],
+                                                                    weight_decay=config["weight_decay"])
+
+    def batches(self, epoch: int, step: int):
+        for i in self.generators["data_rng"].permutation(len(self.train)):
+            yield self.train[i][1]
+
+    def _update(self, x, opt, params, guard, frozen=()):
         for p in frozen:
-            p.requires_grad_(True)
-    if not torch.isfinite(torch.nn.utils.clip_grad_norm_(params, clip)):
-        raise NonFiniteLossError(f"non-finite gradient {where}")
-    opt.step()
-    return float(loss.detach()), float(parts["kl"])
+            p.requires_grad_(False)
+        try:
+            loss, parts = self.loss_fn(self.model, x)
+            update(opt, loss, params, self.config["clip"], guard)
+        finally:
+            for p in frozen:
+                p.requires_grad_(True)
+        return loss.detach(), parts
 
+    def step(self, x: torch.Tensor, guard) -> torch.Tensor:
+        lagging = self.best_mi is not None
+        if lagging:  # the encoder first (on random batches), then the decoder alone
+            from .baselines import encoder_inner_loop
 
-def _encoder_step(model, loss_fn, train_batches, rng, enc_params, lr, weight_decay, clip):
-    """The lagging VAE's encoder-only step on a random training batch (its own Adam), for
-    :func:`lidvae_mini.models.baselines.encoder_inner_loop`: returns ``(loss x batch size, batch size)``."""
-    enc_opt = torch.optim.Adam(enc_params, lr=lr, weight_decay=weight_decay)
+            def enc_step():
+                _, xb = self.train[int(self.generators["data_rng"].integers(len(self.train)))]
+                lo, _ = self._update(xb, self.optimizers["encoder_optimizer"], self.enc_params, guard)
+                return float(lo) * xb.shape[0], xb.shape[0]
+            encoder_inner_loop(enc_step, self.config["max_inner_steps"], self.config["check_every"])
+        loss, parts = self._update(x, self.optimizers["optimizer"], self.dec_params if lagging else self.params,
+                                   guard, frozen=self.enc_params if lagging else ())
+        m = x.shape[0]
+        return torch.stack([loss.double() * m, parts["kl"].detach().double() * m,
+                            torch.full((), float(m), dtype=torch.float64, device=loss.device)])
 
-    def step():
-        _, xb = train_batches[int(rng.integers(len(train_batches)))]
-        lo, _ = _update(model, loss_fn, xb, enc_opt, enc_params, clip, "in a lagging encoder step")
-        return lo * xb.shape[0], xb.shape[0]
-    return step
+    def end_epoch(self, epoch: int, sums, guard) -> dict:
+        tot, kl, n = sums.tolist()
+        row = {"train_loss": tot / n, "train_kl": kl / n}
+        if self.valid:
+            ev = elbo_eval(self.model, self.valid, seed=self.config["seed"])
+            if not math.isfinite(ev["elbo"]):
+                guard.diverged("validation negative ELBO", -ev["elbo"])
+            row.update(valid_nelbo=-ev["elbo"], valid_kl=ev["kl"])
+        if self.best_mi is not None:
+            self.aggressive_epochs += 1
+            nv = sum(int(xb.shape[0]) for _, xb in self.valid)
+            with torch.no_grad():
+                mi = mutual_information(*posterior_stats(self.model, self.valid, nv), seed=self.config["seed"])
+            self.best_mi = mi if mi > self.best_mi else None  # None: the aggressive phase is over
+        if self.verbose:
+            print(f"epoch {epoch}: loss {row['train_loss']:.2f} kl {row['train_kl']:.3f}")
+        return row
 
+    def state_dict(self) -> dict:
+        return {"best_mi": self.best_mi, "aggressive_epochs": self.aggressive_epochs}
 
-class _BestEpoch:
-    """The parameters of the epoch with the lowest validation loss seen so far (``keep_best`` of :func:`fit_text`)."""
-
-    def __init__(self):
-        self.loss, self.state, self.epoch = math.inf, None, 0
-
-    def offer(self, model, loss: float, epoch: int) -> None:
-        if loss < self.loss:
-            self.loss, self.epoch = loss, epoch
-            self.state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    def load_state_dict(self, state: dict) -> None:
+        self.best_mi, self.aggressive_epochs = state["best_mi"], state["aggressive_epochs"]
 
 
 # -------------------------------------------------------------------------------------------------- metrics

@@ -1,37 +1,24 @@
-"""One ELBO training loop for every VAE in the book (VAE, β-VAE, LIDVAE; Gaussian or RealNVP encoders).
+"""ELBO training (VAE, β-VAE, LIDVAE, the mixture VAEs, SA-VAE) through the book's one training loop.
 
 :func:`fit` maximises the ELBO (paper §3.2: "we use the classical amortized inference algorithm of VAE")
 by minibatch stochastic gradients on the batch-mean negative objective ``rec + β·KL`` (β = 1 except for
-the β-VAE), and records per epoch the training and validation negative ELBO, KL and active units (AU).
+the β-VAE), and records per epoch the training and validation negative ELBO, KL and active units (AU). What it
+hands to :func:`lidvae_mini.models.loop.train_loop` is :class:`ELBOMethod`; the loop supplies the guarantees
+(explicit seed, checkpoint and resume bitwise on CPU, the NaN guard, clipping over all parameters, quiet
+progress bars), which fix the training-protocol defects of the official code (``yixinwang/lidvae-public`` at
+commit ``8a0a6a5``; the book's appendix *Errata of the reference implementation*).
 
-It fixes the training-protocol defects of the official code (``yixinwang/lidvae-public`` at commit ``8a0a6a5``; the
-book's appendix *Errata of the reference implementation*):
+What :func:`fit` adds (issue 9; the same numbers on CPU as the loop before it, bitwise):
 
-* gradient clipping over **all** parameters (``model.parameters()``; nothing is kept in plain lists);
-* an explicit ``seed``: the same seed gives the same numbers on CPU (shuffling and dynamic binarisation use
-  a dedicated ``torch.Generator``; reparameterisation noise uses the global torch RNG, seeded inside an
-  isolated :func:`torch.random.fork_rng` so the caller's RNG is left untouched);
-* a NaN/inf guard: a non-finite loss, gradient or parameter stops training with
-  :class:`NonFiniteLossError`; no bad update is kept or saved (details below);
-* validation on the whole held-out set, without replacement, every ``eval_every`` epochs;
-* checkpoints every epoch (model, optimizer, RNG states, epoch, history) written atomically (temporary
-  file, then ``os.replace``) and read back with ``torch.load(weights_only=True)``. A run that is
-  interrupted and resumed ends with the same parameters, bitwise on CPU, as an uninterrupted one.
-
-Efficiency (issue 9; the same numbers on CPU as the loop before it, bitwise: same draws in the same order, the
-epoch sums accumulated in float64 in the same order):
-
+* validation on the whole held-out set, without replacement, every ``eval_every`` epochs, under its own seed;
 * the training set lives on the model's device when it fits (``data_on_device``): batches are indexed there and
   the shuffles and binarisation bits are drawn there, from a generator on that device seeded by ``seed``. On a
   CPU nothing changes; on a GPU the stream of shuffles differs from a CPU run's (same seed, same numbers on the
   same kind of device), and the generator's device is recorded in the checkpoint;
-* no host synchronisation per step: the epoch sums are device tensors read once per epoch, and the loss and
-  gradient norm of every step are recorded on the device and read every ``finite_check_every`` steps and at
-  the end of the epoch. When the record shows a non-finite value, the model and the optimizer are restored to
-  their state at the start of that epoch (the last checkpoint, when there is one) and
-  :class:`NonFiniteLossError` names the first bad step. (Before, the check ran before every update and the model
-  kept the last good step's parameters; a checkpoint is still never written from a diverged epoch.);
-* ``precision="bf16"``: the loss under ``torch.autocast(bfloat16)``, float32 master weights (see :func:`fit`).
+* no host synchronisation per step: the epoch sums are device tensors read once per epoch (the loop's guard
+  reads its record every ``finite_check_every`` steps);
+* ``precision="bf16"``: the loss under ``torch.autocast(bfloat16)``, float32 master weights (see :func:`fit`);
+* ``select_best``: the parameters of the epoch with the lowest validation negative ELBO are restored at the end.
 
 The model's own input checks (:mod:`lidvae_mini._checks`, the decoders' data checks) still read the batch on
 the host once or more per step; with the data validated once here, they are the remaining synchronisations.
@@ -43,45 +30,25 @@ generator seeded by ``seed`` (a fixed binarisation, the same for every epoch).
 from __future__ import annotations
 
 import contextlib
-import copy
 import math
 import os
-import sys
-import time
-from pathlib import Path
 
 import torch
 
 from .._checks import as_float_array, check_choice, check_int, check_positive
 from .encoders import MEAN_SAMPLES
+from .loop import (CHECKPOINT_FILE, FINITE_CHECK_EVERY, BestState, Method, NonFiniteLossError,  # noqa: F401
+                   load_checkpoint, train_loop, update)
 
-CHECKPOINT_FILE = "checkpoint.pt"
 OPTIMIZERS = ("adam", "rmsprop", "sgd")
 BINARIZE = (None, "dynamic")
 #: Training precisions of :func:`fit`: float32, or the loss under ``torch.autocast`` in bfloat16.
 PRECISIONS = ("fp32", "bf16")
-#: Default steps between host reads of :func:`fit`'s device-side finiteness record.
-FINITE_CHECK_EVERY = 100
 #: Keys of the history returned by :func:`fit` (one entry per epoch; ``nan`` where not evaluated).
 HISTORY_KEYS = ("epoch", "train_neg_elbo", "train_kl", "train_loss", "valid_neg_elbo", "valid_rec", "valid_kl",
                 "valid_au", "seconds")
-# Settings that must match when resuming (anything that changes the sequence of updates).
-_RESUME_KEYS = ("batch_size", "lr", "optimizer", "seed", "binarize", "grad_clip", "weight_decay", "n_samples",
-                "n_train", "precision")
 # values of resume keys added later, for checkpoints written before them
 _RESUME_DEFAULTS = {"precision": "fp32"}
-
-
-class NonFiniteLossError(FloatingPointError):
-    """Training produced a NaN/inf loss, gradient or parameter; the last good checkpoint is kept.
-
-    Attributes: ``epoch`` (1-based epoch that failed), ``step`` (global optimisation step), ``checkpoint``
-    (path of the last good checkpoint, or ``None``).
-    """
-
-    def __init__(self, message: str, epoch: int, step: int, checkpoint: Path | None):
-        super().__init__(message)
-        self.epoch, self.step, self.checkpoint = epoch, step, checkpoint
 
 
 def _as_tensor(x, name: str, dim: int | None) -> torch.Tensor:
@@ -101,70 +68,12 @@ def _is_binary(x: torch.Tensor) -> bool:
     return bool(((x == 0) | (x == 1)).all())
 
 
-def _show_progress(progress) -> bool:
-    if progress is not None:
-        return bool(progress)
-    if os.environ.get("TQDM_DISABLE", "").strip().lower() not in ("", "0", "false", "no"):
-        return False
-    return _in_notebook() or _stderr_is_tty()
-
-
-def _stderr_is_tty() -> bool:
-    try:
-        return bool(sys.stderr.isatty())
-    except (AttributeError, ValueError):
-        return False
-
-
-def _in_notebook() -> bool:
-    """True inside a running Jupyter kernel (IPython's ZMQ shell), e.g. a reader's notebook or Colab."""
-    ipython = sys.modules.get("IPython")
-    if ipython is None:
-        return False
-    try:
-        shell = ipython.get_ipython()
-    except Exception:  # pragma: no cover - exotic IPython states
-        return False
-    return shell is not None and type(shell).__name__ in ("ZMQInteractiveShell", "Shell")
-
-
 def _make_optimizer(name: str, params, lr: float, weight_decay: float):
     if name == "adam":
         return torch.optim.Adam(params, lr=lr, weight_decay=weight_decay)
     if name == "rmsprop":  # the official sweep: RMSProp(lr, momentum 0.5, decay 0.9, eps 1e-10)
         return torch.optim.RMSprop(params, lr=lr, alpha=0.9, momentum=0.5, eps=1e-10, weight_decay=weight_decay)
     return torch.optim.SGD(params, lr=lr, weight_decay=weight_decay)
-
-
-def _atomic_save(obj, path: Path) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "wb") as fh:
-        torch.save(obj, fh)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
-
-
-def load_checkpoint(path: str | os.PathLike, map_location="cpu") -> dict:
-    """Read a checkpoint written by :func:`fit` with ``torch.load(weights_only=True)`` (no arbitrary pickles).
-
-    Returns the dict with keys ``model``, ``optimizer``, ``torch_rng``, ``data_rng``, ``cuda_rng``, ``epoch``,
-    ``step``, ``history`` and ``config``. Accepts the checkpoint file or the directory holding it.
-
-    Raises:
-        FileNotFoundError: no checkpoint there.
-    """
-    path = Path(path)
-    if path.is_dir():
-        path = path / CHECKPOINT_FILE
-    if not path.is_file():
-        raise FileNotFoundError(f"no checkpoint at {path}")
-    return torch.load(path, map_location=map_location, weights_only=True)
-
-
-def _all_finite(model) -> bool:
-    """Every parameter finite (one host read)."""
-    return bool(torch.stack([torch.isfinite(p).all() for p in model.parameters()]).all())
 
 
 @torch.no_grad()
@@ -253,7 +162,8 @@ def fit(model, train_x, valid_x=None, *, epochs: int = 10, batch_size: int = 100
         resume: bool = True, progress: bool | None = None, binarize: str | None = None, grad_clip: float | None = 5.0,
         eval_every: int = 1, weight_decay: float = 0.0, n_samples: int = 1, eval_batch_size: int = 1000,
         precision: str = "fp32", data_on_device: bool | None = None,
-        finite_check_every: int = FINITE_CHECK_EVERY) -> dict:
+        finite_check_every: int = FINITE_CHECK_EVERY, select_best: bool | BestState = False, before_epoch=None,
+        after_epoch=None) -> dict:
     """Fit ``model`` (a :class:`lidvae_mini.models.vae.VAE`) by maximising the ELBO; return the per-epoch history.
 
     Args:
@@ -288,11 +198,17 @@ def fit(model, train_x, valid_x=None, *, epochs: int = 10, batch_size: int = 100
             default: on the device when it takes at most a quarter of the free GPU memory; always on a CPU).
         finite_check_every: steps between host reads of the device-side finiteness record (see module doc); the
             record is also read at the end of every epoch. 1 checks every step.
+        select_best: at the end, restore the parameters of the epoch with the lowest validation negative ELBO
+            (needs ``valid_x``; epochs without validation do not count); the history then has ``selected``. A
+            :class:`~lidvae_mini.models.loop.BestState` continues its record (a second phase of training).
+        before_epoch, after_epoch: ``(model, epoch) -> None`` called around every epoch (numbered from 1), in an RNG
+            forked from the training stream (a hook cannot change the run).
 
     Returns:
         history: ``{key: list}`` with one entry per epoch for every key of :data:`HISTORY_KEYS`;
         negative ELBO, reconstruction and KL are mean nats per datapoint (``train_loss`` is the β-weighted
-        objective); ``valid_*`` are ``nan`` on epochs without validation; ``valid_au`` is a count.
+        objective); ``valid_*`` are ``nan`` on epochs without validation; ``valid_au`` is a count; with
+        ``select_best``, ``selected`` (True at the restored epoch).
 
     Example:
         >>> import torch
@@ -313,102 +229,97 @@ def fit(model, train_x, valid_x=None, *, epochs: int = 10, batch_size: int = 100
             ``checkpoint_dir``.
     """
     epochs, seed = check_int(epochs, "epochs", minimum=0), check_int(seed, "seed", minimum=0)
-    batch_size, eval_every = check_int(batch_size, "batch_size"), check_int(eval_every, "eval_every")
-    n_samples = check_int(n_samples, "n_samples")
-    finite_check_every = check_int(finite_check_every, "finite_check_every")
-    lr = check_positive(lr, "lr")
-    grad_clip = check_positive(grad_clip, "grad_clip") if grad_clip is not None else None
-    for value, name, options in ((optimizer, "optimizer", OPTIMIZERS), (binarize, "binarize", BINARIZE),
-                                 (precision, "precision", PRECISIONS)):
-        check_choice(value, name, options)
+    eval_every, finite_check_every = check_int(eval_every, "eval_every"), check_int(finite_check_every,
+                                                                                    "finite_check_every")
+    config = _settings(batch_size, lr, optimizer, seed, binarize, grad_clip, weight_decay, n_samples, precision)
     if data_on_device is not None and not isinstance(data_on_device, bool):
         raise TypeError(f"data_on_device must be None, True or False, got {data_on_device!r}")
-    weight_decay = float(weight_decay)
-    if not math.isfinite(weight_decay) or weight_decay < 0:
-        raise ValueError(f"weight_decay must be >= 0, got {weight_decay!r}")
+    best = select_best if isinstance(select_best, BestState) else BestState() if select_best else None
+    if best is not None and valid_x is None:
+        raise ValueError("select_best needs valid_x (it keeps the epoch with the lowest validation negative ELBO)")
     params = list(model.parameters())
     if not params:
         raise ValueError("model has no parameters")
-    device = params[0].device
     train, valid, data_rng = _training_data(model, train_x, valid_x, binarize, seed, data_on_device, params[0])
-
-    config = {"batch_size": batch_size, "lr": lr, "optimizer": optimizer, "seed": seed, "binarize": binarize,
-              "grad_clip": grad_clip, "weight_decay": weight_decay, "n_samples": n_samples,
-              "n_train": int(train.shape[0]), "precision": precision}
-    opt = _make_optimizer(optimizer, params, lr, weight_decay)
-    history = {k: [] for k in HISTORY_KEYS}
-    start_epoch, step = 0, 0
-    ckpt_path = None
-    if checkpoint_dir is not None:
-        ckpt_path = Path(checkpoint_dir) / CHECKPOINT_FILE
-        ckpt_path.parent.mkdir(parents=True, exist_ok=True)
-    autocast = ((lambda: torch.autocast(device_type=device.type, dtype=torch.bfloat16)) if precision == "bf16"
-                else contextlib.nullcontext)
-
-    cuda_devices = [device.index or 0] if device.type == "cuda" else []
-    with torch.random.fork_rng(devices=cuda_devices):
-        torch.manual_seed(seed)
-        if ckpt_path is not None and resume and ckpt_path.is_file():
-            history, start_epoch, step = _resume(ckpt_path, model, opt, data_rng, config, device)
-
-        bar = _epoch_bar(progress, start_epoch, epochs, type(model).__name__)
-        n = train.shape[0]
-        # per-batch multipliers of (elbo sum, kl sum, batch-mean loss) into the epoch sums, for full and last batches
-        signs = {m: torch.tensor([-1.0, 1.0, float(m)], dtype=torch.float64, device=device)
-                 for m in {batch_size, n % batch_size or batch_size}}
-        try:
-            for epoch in range(start_epoch + 1, epochs + 1):
-                t0 = time.perf_counter()
-                model.train()
-                good = _snapshot(model, opt)          # what a divergence in this epoch restores
-                guard = _FiniteGuard(finite_check_every, device, step)
-                perm = torch.randperm(n, generator=data_rng, device=data_rng.device)
-                sums = torch.zeros(3, dtype=torch.float64, device=device)
-                for b in range(0, n, batch_size):
-                    xb = train[perm[b:b + batch_size]]
-                    if binarize == "dynamic":
-                        xb = torch.bernoulli(xb, generator=data_rng)
-                    step += 1
-                    sums += _elbo_step(model, opt, params, xb.to(device, non_blocking=True), n_samples, grad_clip,
-                                       autocast, guard, (good, epoch, ckpt_path, history)) * signs[xb.shape[0]]
-                guard.check(model, opt, good, epoch, ckpt_path, history)
-                if not _all_finite(model):
-                    _diverged("parameter", float("nan"), epoch, step, ckpt_path, history, model, opt, good)
-                neg_elbo, kl, loss_sum = sums.tolist()
-                row = {"epoch": epoch, "train_neg_elbo": neg_elbo / n, "train_kl": kl / n, "train_loss": loss_sum / n}
-                evaluated = valid is not None and (epoch % eval_every == 0 or epoch == epochs)
-                row.update(_validation_row(model, valid if evaluated else None, seed * 100_003 + epoch,
-                                           eval_batch_size, cuda_devices))
-                if evaluated and not math.isfinite(row["valid_neg_elbo"]):
-                    _diverged("validation negative ELBO", row["valid_neg_elbo"], epoch, step, ckpt_path, history,
-                              model, opt, good)
-                row["seconds"] = time.perf_counter() - t0
-                for k in HISTORY_KEYS:
-                    history[k].append(row[k])
-                if ckpt_path is not None:
-                    _atomic_save({"model": model.state_dict(), "optimizer": opt.state_dict(),
-                                  "torch_rng": torch.get_rng_state(),
-                                  "cuda_rng": torch.cuda.get_rng_state(device) if cuda_devices else None,
-                                  "data_rng": data_rng.get_state(), "data_device": data_rng.device.type,
-                                  "epoch": epoch, "step": step, "history": history, "config": config}, ckpt_path)
-                if bar is not None:
-                    bar.update(1)
-                    bar.set_postfix({"neg_elbo": f"{row['train_neg_elbo']:.2f}"}
-                                    | ({"AU": int(row["valid_au"])} if math.isfinite(row["valid_au"]) else {}))
-        finally:
-            if bar is not None:
-                bar.close()
-    model.eval()
+    config["n_train"] = int(train.shape[0])
+    method = ELBOMethod(model, train, valid, data_rng, config, epochs=epochs, eval_every=eval_every,
+                        eval_batch_size=eval_batch_size)
+    history = train_loop(model, method, epochs=epochs, seed=seed, checkpoint_dir=checkpoint_dir, resume=resume,
+                         progress=progress, best=best, before_epoch=before_epoch, after_epoch=after_epoch,
+                         finite_check_every=finite_check_every)
+    if best is not None:
+        best.restore(model)
+        history["selected"] = [e + best.offset == best.epoch for e in history["epoch"]]
     return history
 
 
-def _epoch_bar(progress, start_epoch: int, epochs: int, name: str):
-    """A tqdm bar over the epochs still to run, or ``None`` (see :func:`_show_progress`)."""
-    if not _show_progress(progress) or start_epoch >= epochs:
-        return None
-    from tqdm import tqdm
-    return tqdm(total=epochs, initial=start_epoch, desc=name, unit="epoch", file=sys.stderr, disable=False)
+def _settings(batch_size, lr, optimizer, seed, binarize, grad_clip, weight_decay, n_samples, precision) -> dict:
+    """:func:`fit`'s settings that a resumed run must share, checked (the ``config`` of :class:`ELBOMethod`)."""
+    for value, name, options in ((optimizer, "optimizer", OPTIMIZERS), (binarize, "binarize", BINARIZE),
+                                 (precision, "precision", PRECISIONS)):
+        check_choice(value, name, options)
+    weight_decay = float(weight_decay)
+    if not math.isfinite(weight_decay) or weight_decay < 0:
+        raise ValueError(f"weight_decay must be >= 0, got {weight_decay!r}")
+    return {"batch_size": check_int(batch_size, "batch_size"), "lr": check_positive(lr, "lr"), "optimizer": optimizer,
+            "seed": check_int(seed, "seed", minimum=0), "binarize": binarize,
+            "grad_clip": check_positive(grad_clip, "grad_clip") if grad_clip is not None else None,
+            "weight_decay": weight_decay, "n_samples": check_int(n_samples, "n_samples"), "precision": precision}
 
+
+class ELBOMethod(Method):
+    """:func:`fit`'s method for :func:`~lidvae_mini.models.loop.train_loop`: every epoch a seeded permutation of
+    ``train`` in minibatches (fresh Bernoulli bits with ``binarize="dynamic"``), one step on the batch-mean
+    ``model.loss`` each (under ``torch.autocast(bfloat16)`` with ``precision="bf16"``), validation by
+    :func:`evaluate` every ``eval_every`` epochs and at the last. ``config``: :func:`fit`'s settings."""
+
+    keys = HISTORY_KEYS
+    progress_keys = ("train_neg_elbo", "valid_au")
+    resume_defaults = _RESUME_DEFAULTS
+
+    def __init__(self, model, train: torch.Tensor, valid, data_rng: torch.Generator, config: dict, *, epochs: int,
+                 eval_every: int, eval_batch_size: int):
+        self.model, self.train, self.valid, self.config = model, train, valid, config
+        self.params = list(model.parameters())
+        self.device = self.params[0].device
+        self.optimizers = {"optimizer": _make_optimizer(config["optimizer"], self.params, config["lr"],
+                                                        config["weight_decay"])}
+        self.generators = {"data_rng": data_rng}
+        self.epochs, self.eval_every, self.eval_batch_size = epochs, eval_every, eval_batch_size
+        self.autocast = ((lambda: torch.autocast(device_type=self.device.type, dtype=torch.bfloat16))
+                         if config["precision"] == "bf16" else contextlib.nullcontext)
+        n, bs = train.shape[0], config["batch_size"]
+        # per-batch multipliers of (ELBO sum, KL sum, batch-mean loss) into the epoch sums, full and last batches
+        self.signs = {m: torch.tensor([-1.0, 1.0, float(m)], dtype=torch.float64, device=self.device)
+                      for m in {bs, n % bs or bs}}
+
+    def batches(self, epoch: int, step: int):
+        rng, bs = self.generators["data_rng"], self.config["batch_size"]
+        perm = torch.randperm(self.train.shape[0], generator=rng, device=rng.device)
+        for b in range(0, self.train.shape[0], bs):
+            xb = self.train[perm[b:b + bs]]
+            if self.config["binarize"] == "dynamic":
+                xb = torch.bernoulli(xb, generator=rng)
+            yield xb.to(self.device, non_blocking=True)
+
+    def step(self, xb: torch.Tensor, guard) -> torch.Tensor:
+        with self.autocast():
+            loss, parts = self.model.loss(xb, n_samples=self.config["n_samples"])
+        update(self.optimizers["optimizer"], loss, self.params, self.config["grad_clip"], guard)
+        sums = [parts["elbo"].detach().sum(), parts["kl"].detach().sum(), loss.detach()]
+        return torch.stack([t.to(torch.float64) for t in sums]) * self.signs[xb.shape[0]]
+
+    def end_epoch(self, epoch: int, sums, guard) -> dict:
+        n = self.train.shape[0]
+        neg_elbo, kl, loss_sum = sums.tolist()
+        row = {"train_neg_elbo": neg_elbo / n, "train_kl": kl / n, "train_loss": loss_sum / n}
+        evaluated = self.valid is not None and (epoch % self.eval_every == 0 or epoch == self.epochs)
+        cuda = [self.device.index or 0] if self.device.type == "cuda" else []
+        row.update(_validation_row(self.model, self.valid if evaluated else None,
+                                   self.config["seed"] * 100_003 + epoch, self.eval_batch_size, cuda))
+        if evaluated and not math.isfinite(row["valid_neg_elbo"]):
+            guard.diverged("validation negative ELBO", row["valid_neg_elbo"])
+        return row
 
 def _validation_row(model, valid, seed: int, batch_size: int, cuda_devices: list) -> dict:
     """:func:`fit`'s validation entries of one epoch (``nan`` when ``valid`` is None): :func:`evaluate` under its
@@ -452,68 +363,6 @@ def _training_data(model, train_x, valid_x, binarize, seed: int, data_on_device,
     return train, valid, torch.Generator().manual_seed(seed)
 
 
-def _resume(ckpt_path: Path, model, opt, data_rng: torch.Generator, config: dict, device: torch.device):
-    """Restore :func:`fit`'s model, optimizer and random states from ``ckpt_path``; returns ``(history, epoch,
-    step)``. Raises ``ValueError`` when the checkpoint was written with other settings or drew its shuffles on
-    another kind of device."""
-    state = load_checkpoint(ckpt_path, map_location=device)
-    diff = {k: (state["config"].get(k, _RESUME_DEFAULTS.get(k)), config[k]) for k in _RESUME_KEYS
-            if state["config"].get(k, _RESUME_DEFAULTS.get(k)) != config[k]}
-    if diff:
-        raise ValueError(f"checkpoint {ckpt_path} was written with different settings "
-                         f"(saved, now): {diff}; pass resume=False or another checkpoint_dir")
-    saved_on = state.get("data_device", "cpu")
-    if saved_on != data_rng.device.type:
-        raise ValueError(f"checkpoint {ckpt_path} drew its shuffles on {saved_on}, this run draws them on "
-                         f"{data_rng.device.type}: pass data_on_device={saved_on != 'cpu'} (or "
-                         "resume=False, or another checkpoint_dir)")
-    model.load_state_dict(state["model"])
-    opt.load_state_dict(state["optimizer"])
-    torch.set_rng_state(state["torch_rng"].cpu())
-    if device.type == "cuda" and state.get("cuda_rng") is not None:
-        torch.cuda.set_rng_state(state["cuda_rng"].cpu(), device)
-    data_rng.set_state(state["data_rng"].cpu())
-    return {k: list(state["history"][k]) for k in HISTORY_KEYS}, int(state["epoch"]), int(state["step"])
-
-
-def _elbo_step(model, opt, params: list, xb: torch.Tensor, n_samples: int, grad_clip, autocast, guard,
-               where) -> torch.Tensor:
-    """One optimisation step of :func:`fit` on the batch ``xb``: the loss under ``autocast``, backward, clipping
-    over all parameters, the update. Returns the device tensor ``(sum of the ELBO, sum of the KL, batch-mean
-    loss)`` in float64 (no host synchronisation) and records the loss and gradient norm in ``guard``, which is read
-    when full; ``params``: the model's parameters (clipped together); ``where``: ``(state restored on divergence,
-    epoch, checkpoint path, history)``."""
-    try:
-        with autocast():
-            loss, parts = model.loss(xb, n_samples=n_samples)
-    except Exception:
-        # NaN parameters from an unchecked earlier step make the model's own input checks raise: report that
-        # step (NonFiniteLossError), else the error itself
-        guard.check(model, opt, *where)
-        raise
-    opt.zero_grad(set_to_none=True)
-    loss.backward()
-    norm = torch.nn.utils.clip_grad_norm_(params, grad_clip) if grad_clip is not None else _grad_norm(params)
-    opt.step()
-    loss = loss.detach()
-    guard.record(loss, norm)
-    if guard.full():
-        guard.check(model, opt, *where)
-    return torch.stack([_f64(parts["elbo"].detach().sum()), _f64(parts["kl"].detach().sum()), _f64(loss)])
-
-
-def _f64(t: torch.Tensor) -> torch.Tensor:
-    return t.to(torch.float64)
-
-
-def _grad_norm(params) -> torch.Tensor:
-    """Global L2 norm of the gradients (a device tensor; no host synchronisation)."""
-    norms = [torch.linalg.vector_norm(p.grad.detach()) for p in params if p.grad is not None]
-    if not norms:
-        return torch.zeros((), device=params[0].device)
-    return torch.linalg.vector_norm(torch.stack(norms))
-
-
 def _fits_on(device: torch.device, *tensors) -> bool:
     """Whether the data may live on ``device``: always on a CPU; on a GPU when it takes at most a quarter of the
     free memory (the rest is for the model, its activations and the evaluation)."""
@@ -522,50 +371,3 @@ def _fits_on(device: torch.device, *tensors) -> bool:
     need = sum(t.numel() * t.element_size() for t in tensors if t is not None)
     free, _ = torch.cuda.mem_get_info(device)
     return need <= free // 4
-
-
-def _snapshot(model, opt) -> tuple[dict, dict]:
-    """Copies of the model's and the optimizer's state (restored when the epoch diverges)."""
-    return ({k: v.detach().clone() for k, v in model.state_dict().items()}, copy.deepcopy(opt.state_dict()))
-
-
-class _FiniteGuard:
-    """Device-side record of the loss and gradient norm of the last steps, read on the host every ``every``
-    steps (and at the end of the epoch): the check of :func:`fit` without a host synchronisation per step."""
-
-    def __init__(self, every: int, device: torch.device, step: int):
-        self.buf = torch.zeros(every, 2, dtype=torch.float64, device=device)
-        self.every, self.filled, self.first_step = every, 0, step + 1
-
-    def record(self, loss: torch.Tensor, norm: torch.Tensor) -> None:
-        self.buf[self.filled, 0].copy_(loss)
-        self.buf[self.filled, 1].copy_(norm.detach())
-        self.filled += 1
-
-    def full(self) -> bool:
-        return self.filled == self.every
-
-    def check(self, model, opt, good, epoch: int, ckpt_path, history) -> None:
-        """Raise :class:`NonFiniteLossError` (after restoring ``good``) at the first recorded non-finite value."""
-        if self.filled:
-            for i, (loss, norm) in enumerate(self.buf[:self.filled].tolist()):
-                if not math.isfinite(loss):
-                    _diverged("loss", loss, epoch, self.first_step + i, ckpt_path, history, model, opt, good)
-                if not math.isfinite(norm):
-                    _diverged("gradient norm", norm, epoch, self.first_step + i, ckpt_path, history, model, opt, good)
-        self.first_step += self.filled
-        self.filled = 0
-
-
-def _diverged(what: str, value: float, epoch: int, step: int, ckpt_path: Path | None, history: dict,
-              model=None, opt=None, good=None):
-    if good is not None:
-        model.load_state_dict(good[0])
-        opt.load_state_dict(good[1])
-    last = history["epoch"][-1] if history["epoch"] else None
-    where = (f"the last good checkpoint (epoch {last}) is {ckpt_path}" if ckpt_path is not None and last
-             else "no checkpoint was written")
-    raise NonFiniteLossError(
-        f"training diverged: {what} = {value} at epoch {epoch}, step {step}; the model and optimizer were restored "
-        f"to their state at the start of epoch {epoch} and {where}. Lower lr, set grad_clip, or check the data.",
-        epoch=epoch, step=step, checkpoint=ckpt_path if (ckpt_path is not None and last) else None)
