@@ -56,8 +56,8 @@ def Int(low=None, high=None, none=False) -> Spec:           # noqa: N802 - spec 
     return Spec("int", low, high, none=none)
 
 
-def Float(low=None, high=None, *, low_open=False, high_open=False) -> Spec:   # noqa: N802
-    return Spec("float", low, high, low_open, high_open)
+def Float(low=None, high=None, *, low_open=False, high_open=False, none=False) -> Spec:   # noqa: N802
+    return Spec("float", low, high, low_open, high_open, none=none)
 
 
 def Choice(*choices) -> Spec:                                # noqa: N802
@@ -137,7 +137,8 @@ SPECS: dict[str, dict[str, Spec]] = {
                                  num_clusters=Asserted(5), depth=Asserted(2), icnn_width=Asserted(32), alpha=POSITIVE,
                                  hidden=AssertedWidths(64, 2), encoder=Choice(*IMAGE_ENCODERS),
                                  learn_prior=Spec("bool"), prior_radius=POSITIVE, prior_scale=POSITIVE,
-                                 iwae_samples=COUNT, seed=SEED, device=DEVICE, out_dir=FOLDER),
+                                 fixed_scale=Float(0, low_open=True, none=True), iwae_samples=COUNT, seed=SEED,
+                                 device=DEVICE, out_dir=FOLDER),
     "08_images": dict(datasets=List(Choice(*IMAGE_DATASETS)), methods=List(Choice(*IMAGE_METHODS), 1),
                       n_train=COUNT, n_valid=COUNT, n_test=COUNT, epochs=COUNT, batch_size=COUNT, lr=POSITIVE,
                       latent_dim=Int(1, MNIST_PIXELS), num_clusters=Int(2), depth=COUNT, hidden=WIDTHS,
