@@ -74,6 +74,24 @@ LAYOUT_JS = """
     }
     return {text: text(t), left: b.left, right: b.right, scroll: scroll(t.parentElement), wrapped};
   });
+  out.outputs = [...art.querySelectorAll(".cell_output pre")].map(p => {
+    const b = p.getBoundingClientRect();
+    return {text: text(p), right: b.right, scroll: scroll(p)};
+  });
+  out.broken = [];          // words of table cells laid out over two lines ("metho d"); code may wrap, words not
+  for (const c of art.querySelectorAll("th, td")) {
+    const walk = document.createTreeWalker(c, NodeFilter.SHOW_TEXT);
+    for (let n = walk.nextNode(); n; n = walk.nextNode()) {
+      if (n.parentElement.closest("code, span.pre, .katex, mjx-container")) continue;
+      for (const m of n.textContent.matchAll(/\S+/g)) {
+        const rg = document.createRange();
+        rg.setStart(n, m.index);
+        rg.setEnd(n, m.index + m[0].length);
+        const tops = new Set([...rg.getClientRects()].filter(x => x.width > 0).map(x => Math.round(x.top)));
+        if (tops.size > 1) out.broken.push(m[0]);
+      }
+    }
+  }
   out.images = [...art.querySelectorAll("img")].map(i => ({src: i.getAttribute("src"), natural: i.naturalWidth,
                                                            shown: i.getBoundingClientRect().width}));
   out.truncated = [];
@@ -207,7 +225,11 @@ def layout(url: str, profile) -> dict:
 
 @pytest.mark.parametrize("page", PAGES)
 def test_page_reads_well_in_a_1280_px_window(page, server, tmp_path):
-    """Nothing a reader needs is clipped, scrolled sideways, wrapped mid-number, elided or too small to read.
+    """Nothing a reader needs is clipped, scrolled sideways, wrapped mid-number or mid-word, elided or too small to
+    read.
+
+    Printed output must wrap within the column (no ``pre`` scrolls or runs past it); no word of a table cell (code
+    aside) may be laid out over two lines.
 
     Equations and tables must lie within the text column (1 px of rounding allowed) and their boxes must not
     scroll; a number-like table cell must fit on one line; no output elides values. Figures: matplotlib writes
@@ -228,6 +250,9 @@ def test_page_reads_well_in_a_1280_px_window(page, server, tmp_path):
     problems += [f"{len(t['wrapped'])} numbers wrapped over lines (e.g. {t['wrapped'][:3]}) in the table: {t['text']}"
                  for t in r["tables"] if t["wrapped"]]
     problems += [f"output elides values: {t}" for t in r["truncated"]]
+    problems += [f"printed output runs past the column ({o['right'] - hi + 1:.0f} px over, scrolls {o['scroll']} px): "
+                 f"{o['text']}" for o in r["outputs"] if o["right"] > hi or o["scroll"] > 1]
+    problems += [f"{len(r['broken'])} table words broken inside (e.g. {r['broken'][:4]})"] if r["broken"] else []
     for im in r["images"]:
         if "_images/" not in im["src"] or not im["src"].endswith(".png") or not im["shown"]:
             continue

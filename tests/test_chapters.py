@@ -34,6 +34,24 @@ def test_pair_in_sync_and_output_free(md):
     assert committed.metadata["kernelspec"]["name"] == "python3"
 
 
+#: Cells a reader does not read: their input is removed or folded away (the outputs stay).
+HIDDEN = {"remove-input", "remove-cell", "hide-input", "hide-cell"}
+MAX_CODE_SHARE, MAX_CODE_LINES = 0.45, 200
+
+
+@pytest.mark.parametrize("md", CHAPTERS, ids=IDS)
+def test_visible_code_is_the_lines_that_carry_the_idea(md):
+    """Issue 21: a page shows the model, the objective, the experiment call and the results; prose generators,
+    loaders and consistency checks live in the package or in cells whose input is hidden. Visible code (code cells
+    not removed or hidden) is at most 45% of the chapter's non-blank lines and at most 200 lines."""
+    cells = jupytext.read(md).cells
+    lines = [(c, sum(1 for line in c.source.splitlines() if line.strip())) for c in cells]
+    total = sum(n for _, n in lines)
+    visible = sum(n for c, n in lines if c.cell_type == "code" and not HIDDEN & set(c.metadata.get("tags", [])))
+    assert visible <= MAX_CODE_LINES and visible <= MAX_CODE_SHARE * total, \
+        f"{md.name}: {visible} visible code lines of {total} ({visible / total:.0%}); hide the machinery"
+
+
 @pytest.mark.parametrize("md", CHAPTERS, ids=IDS)
 def test_exactly_one_parameters_cell_with_out_dir(md):
     nb = jupytext.read(md)

@@ -33,6 +33,7 @@ import pytest
 import yaml
 
 from conftest import BOOK, ROOT, toc_files
+from lidvae_mini import plotting
 from lidvae_mini.book.provenance import METRICS_FILE, recorded_metrics
 
 CACHE = ROOT / "_build" / ".jupyter_cache"
@@ -139,8 +140,12 @@ def run_chapter(stem: str, out) -> dict:
                                                           pytest.mark.xdist_group(f"chapter_{s}")])
                                   for s in metric_chapters()])
 def test_same_seed_same_metrics(stem, tmp_path, monkeypatch):
+    """... and, from the same runs, every figure the chapter draws passes :func:`lidvae_mini.plotting.figure_problems`
+    (no overlapping titles, no numeric axis with one or two tick labels, no legend over data)."""
     monkeypatch.chdir(ROOT)                       # reproduce resolves relative paths from here
     monkeypatch.setenv("TQDM_DISABLE", "1")
+    audit = tmp_path / "figure_audit.jsonl"
+    monkeypatch.setenv(plotting.AUDIT_ENV, str(audit))
     cached = _cached_run(_cache(), stem)
     first = recorded_metrics(cached[0]) if cached else None
     if first is None:                             # no build of this source: run it twice here
@@ -148,6 +153,9 @@ def test_same_seed_same_metrics(stem, tmp_path, monkeypatch):
     second = run_chapter(stem, tmp_path / "second")
     diff = _differences(_comparable(first), _comparable(second))
     assert not diff, f"{stem}: the same seed gave different metrics ({len(diff)}):\n" + "\n".join(diff[:30])
+    found = [json.loads(line) for line in audit.read_text().splitlines()] if audit.exists() else []
+    assert not found, f"{stem}: figures hard to read at the book's size:\n" + "\n".join(
+        f"{f['figure']}: {'; '.join(f['problems'])}" for f in found)
 
 
 def test_metrics_record_is_hidden_and_read_back(tmp_path):
