@@ -57,3 +57,29 @@ def test_scale_and_bad_arguments():
         make_pinwheel(10, radial_std=-1)
     with pytest.raises(ValueError):
         make_pinwheel(10, scale=0)
+
+
+def test_side_run_rows_and_sentences_follow_the_numbers():
+    """Chapter 07's side runs (issue 21): counts and sentences come from the committed per-seed values."""
+    from types import SimpleNamespace
+
+    from lidvae_mini.experiments import pinwheel as side
+
+    def leaf(values):
+        return {"mean": float(np.mean(values)), "sd": 0.0, "n": len(values), "values": list(values)}
+
+    def result(lid_au, gm_au, lid_acc, gm_acc):
+        return SimpleNamespace(metrics={
+            "lidgmvae": {"AU_y": leaf(lid_au), "acc_hungarian": leaf(lid_acc), "prior_min_pairwise_kl": leaf([0.5] * 3)},
+            "gmvae": {"AU_y": leaf(gm_au), "acc_hungarian": leaf(gm_acc)}})
+
+    rows = side.side_run_rows({"cpu_prior_r1": result([0, 5, 0], [0, 0, 0], [0.2, 0.9, 0.2], [0.3, 0.3, 0.3]),
+                               "cpu_fixed_prior": result([5, 5, 5], [0, 0, 1], [0.7, 0.8, 0.9], [0.3, 0.3, 0.95]),
+                               "cpu_prior_wide": None})
+    assert set(rows) == {"cpu_prior_r1", "cpu_fixed_prior"}
+    assert rows["cpu_prior_r1"] == {"seeds": 3, "lid_collapsed": 2, "gmvae_collapsed": 3,
+                                    "lid_acc": pytest.approx(1.3 / 3), "gmvae_acc": pytest.approx(0.3),
+                                    "gmvae_better": 2, "lid_prior_kl": pytest.approx(0.5)}
+    assert rows["cpu_fixed_prior"]["gmvae_better"] == 1 and rows["cpu_fixed_prior"]["gmvae_collapsed"] == 2
+    text = side.side_run_sentences(rows)
+    assert "collapsed on 2 of 3 seeds" in text[0] and "from 2 to 0 of 3 and raised its mean accuracy" in text[-1]
