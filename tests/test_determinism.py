@@ -1,23 +1,20 @@
-"""Determinism (issue 12): the same seed twice gives identical metrics on CPU, for every chapter at its defaults.
+"""Determinism (issues 12 and 21): the same seed twice gives identical outputs on CPU, for every chapter at its
+defaults, compared by nbval, cell by cell.
 
-For each chapter of ``_toc.yml`` that saves metrics (``lidvae_mini.book.provenance.save_metrics``), the two executions
-compared are
+For each chapter of ``_toc.yml`` with a notebook twin, the reference is the book build's own execution, read back
+from the build's execution cache (``_build/.jupyter_cache``), matched by jupyter-cache's hash of the chapter's code
+cells, so it is the execution of this very source (the Makefile clears the cache when the package changes). nbval
+(the design card's tool) executes the chapter once more in a fresh kernel and compares every output of every cell
+with the stored one, after the sanitisers of ``tests/nbval_sanitize.cfg`` (wall times, memory addresses, temporary
+paths). The metrics record that ``lidvae_mini.book.provenance.save_metrics`` leaves as a hidden output of the
+metrics cell is one of those outputs, so every metric is compared character for character (floats bit for bit,
+wall-time keys aside). Images are not compared (nbval's default); the figures are audited instead
+(:func:`lidvae_mini.plotting.figure_problems`).
 
-1. the book build's own: the build (``make book``/``make test``) runs the chapter with ``out_dir = None``, and
-   ``save_metrics`` records the metrics as a hidden output of the metrics cell
-   (:func:`lidvae_mini.book.provenance.record_metrics`; not shown on the page). The executed notebook is read back from
-   the build's execution cache (``_build/.jupyter_cache``), matched by jupyter-cache's hash of the chapter's code
-   cells, so it is the execution of this very source (the Makefile clears the cache when the package changes);
-2. a run of ``python -m lidvae_mini.book.reproduce CHAPTER`` at the defaults, which writes ``metrics.json``.
-
-Without a matching cache entry (pytest run alone, or the chapter changed since the build) the chapter is run through
-``reproduce`` twice. Where a data file the chapter reads is absent, ``reproduce`` refuses; the run then goes through
-papermill directly, skipping the same sections the build skips. Every number must be equal (JSON values, so
-floats bit for bit); only wall times (keys containing ``seconds``) and ``out_dir`` are left out, and the metrics
-listed in :data:`LAST_BITS` (with the reason) are compared to a relative 1e-12.
-
-This replaces the earlier nbval pass, which executed every chapter a second time only to check that no cell raised
-(the build already fails on an error). The chapter runs are spread over the pytest-xdist workers, longest first.
+Without a matching cache entry (pytest run alone, or the chapter changed since the build) the reference is a
+papermill execution at the defaults first, so the test never executes a chapter more than twice. A chapter whose
+data file is absent skips the same sections in both executions. The chapter runs are spread over the pytest-xdist
+workers, longest first.
 """
 from __future__ import annotations
 
@@ -34,7 +31,7 @@ import yaml
 
 from conftest import BOOK, ROOT, toc_files
 from lidvae_mini import plotting
-from lidvae_mini.book.provenance import METRICS_FILE, recorded_metrics
+from lidvae_mini.book.provenance import recorded_metrics
 
 CACHE = ROOT / "_build" / ".jupyter_cache"
 
@@ -74,85 +71,52 @@ def metric_chapters() -> list[str]:
     return sorted(stems, key=lambda s: (-seconds[s], -(BOOK / f"{s}.ipynb").stat().st_size))
 
 
-#: Metrics that are not bitwise reproducible, with the reason, compared to a relative tolerance of 1e-12 instead.
-#: None at present: the R^2 of ``lidvae_mini.evaluation.latent_recovery.latent_r2`` (09_text) used to solve least squares with
-#: ``torch.linalg.lstsq``, whose LAPACK (MKL, single thread) returned results that differ in the last bits with the
-#: memory alignment of its inputs (measured: 11 of 15 element offsets of the same matrix); it now uses
-#: ``numpy.linalg.lstsq``, which gave identical bits at all 15. Everything, the trained models' numbers included,
-#: must be equal bit for bit.
-LAST_BITS: dict[str, str] = {}
+SANITIZE = ROOT / "tests" / "nbval_sanitize.cfg"
 
 
-def _comparable(obj):
-    """Metrics without wall times and output folders."""
-    if isinstance(obj, dict):
-        return {k: _comparable(v) for k, v in obj.items() if "seconds" not in k and k != "out_dir"}
-    if isinstance(obj, list):
-        return [_comparable(v) for v in obj]
-    return obj
+def papermill_reference(stem: str, folder: Path):
+    """One execution of ``stem`` at its defaults (no parameter injected, as the build), with its outputs."""
+    import papermill as pm
+
+    folder.mkdir(parents=True, exist_ok=True)
+    out = folder / f"{stem}.ipynb"
+    pm.execute_notebook(str(BOOK / f"{stem}.ipynb"), str(out), cwd=str(BOOK), kernel_name="python3",
+                        progress_bar=False)
+    return nbformat.read(out, as_version=4)
 
 
-def _differences(a, b, path="metrics", rtol=0.0) -> list[str]:
-    if isinstance(a, dict) and isinstance(b, dict):
-        out = [f"{path}: key {k!r} only in {'first' if k in a else 'second'}" for k in sorted(set(a) ^ set(b))]
-        for k in sorted(set(a) & set(b)):
-            out += _differences(a[k], b[k], f"{path}[{k!r}]", 1e-12 if k in LAST_BITS else rtol)
-        return out
-    if isinstance(a, list) and isinstance(b, list) and len(a) == len(b):
-        return [d for i, (u, v) in enumerate(zip(a, b)) for d in _differences(u, v, f"{path}[{i}]", rtol)]
-    if rtol and isinstance(a, float) and isinstance(b, float) and abs(a - b) <= rtol * max(abs(a), abs(b)):
-        return []
-    return [] if a == b and type(a) is type(b) else [f"{path}: {a!r} != {b!r}"]
-
-
-def test_comparison_is_exact_except_the_stated_last_bits(monkeypatch):
-    assert _differences({"kl": 0.1, "n": [1, 2]}, {"kl": 0.1, "n": [1, 2]}) == []
-    assert _differences({"kl": 0.1}, {"kl": 0.1 + 2 ** -56}) and _differences({"n": 1}, {"n": 1.0})
-    last_bits = {"x": {"r2": 0.5 + 1e-16, "r2_per_dim": [0.25 - 1e-16]}}
-    assert _differences({"x": {"r2": 0.5, "r2_per_dim": [0.25]}}, last_bits)     # exact while LAST_BITS is empty
-    monkeypatch.setitem(LAST_BITS, "r2", "example")
-    monkeypatch.setitem(LAST_BITS, "r2_per_dim", "example")
-    assert _differences({"x": {"r2": 0.5, "r2_per_dim": [0.25]}}, last_bits) == []
-    assert _differences({"r2": 0.5}, {"r2": 0.5001}) and _differences({"r2": 0.5}, {"r2": None})
-
-
-def run_chapter(stem: str, out) -> dict:
-    """Metrics of one execution of ``stem`` at its defaults, through ``reproduce`` (papermill directly when a data
-    file is absent)."""
-    from lidvae_mini.book import reproduce
-    from lidvae_mini.data import MissingDataError
-
+def run_nbval(reference, stem: str) -> tuple[int, str]:
+    """nbval on ``reference`` (an executed notebook), from ``book/`` as the chapter expects; ``(returncode, log)``."""
+    path = BOOK / f"_nbval_{stem}.ipynb"          # the kernel runs in the notebook's folder
+    nbformat.write(reference, path)
     try:
-        folder = reproduce.run(stem, out=out)
-        assert json.loads((folder / "environment.json").read_text())["status"] == "completed"
-    except MissingDataError:
-        import papermill as pm
-
-        folder = out
-        folder.mkdir(parents=True)
-        pm.execute_notebook(str(BOOK / f"{stem}.ipynb"), str(folder / f"{stem}.ipynb"),
-                            parameters={"out_dir": str(folder)}, cwd=str(BOOK), kernel_name="python3",
-                            progress_bar=False)
-    return json.loads((folder / METRICS_FILE).read_text())
+        env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT / "tests"),
+                                                                          os.environ.get("PYTHONPATH")]))}
+        res = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-p", "no:xdist",
+                              "-p", "nbval_history", "--nbval", str(path), "--nbval-sanitize-with", str(SANITIZE),
+                              "--nbval-kernel-name", "python3", "--nbval-cell-timeout", "1800",
+                              "--rootdir", str(BOOK)], cwd=BOOK, capture_output=True, text=True, env=env)
+    finally:
+        path.unlink(missing_ok=True)
+    return res.returncode, res.stdout + res.stderr
 
 
 @pytest.mark.parametrize("stem", [pytest.param(s, marks=[pytest.mark.chapter_run,
                                                           pytest.mark.xdist_group(f"chapter_{s}")])
                                   for s in metric_chapters()])
-def test_same_seed_same_metrics(stem, tmp_path, monkeypatch):
-    """... and, from the same runs, every figure the chapter draws passes :func:`lidvae_mini.plotting.figure_problems`
-    (no overlapping titles, no numeric axis with one or two tick labels, no legend over data)."""
-    monkeypatch.chdir(ROOT)                       # reproduce resolves relative paths from here
+def test_same_seed_same_outputs(stem, tmp_path, monkeypatch):
+    """nbval: a fresh execution of the chapter gives the outputs stored by the build, cell by cell (the metrics
+    record among them); and every figure it draws passes :func:`lidvae_mini.plotting.figure_problems` (no
+    overlapping titles, no numeric axis with one or two tick labels, no legend over data)."""
+    monkeypatch.chdir(ROOT)
     monkeypatch.setenv("TQDM_DISABLE", "1")
     audit = tmp_path / "figure_audit.jsonl"
     monkeypatch.setenv(plotting.AUDIT_ENV, str(audit))
     cached = _cached_run(_cache(), stem)
-    first = recorded_metrics(cached[0]) if cached else None
-    if first is None:                             # no build of this source: run it twice here
-        first = run_chapter(stem, tmp_path / "first")
-    second = run_chapter(stem, tmp_path / "second")
-    diff = _differences(_comparable(first), _comparable(second))
-    assert not diff, f"{stem}: the same seed gave different metrics ({len(diff)}):\n" + "\n".join(diff[:30])
+    reference = cached[0] if cached else papermill_reference(stem, tmp_path / "reference")
+    assert recorded_metrics(reference) is not None, f"{stem}: the reference holds no metrics record"
+    rc, log = run_nbval(reference, stem)
+    assert rc == 0, f"{stem}: the same seed gave different outputs (nbval):\n" + log[-6000:]
     found = [json.loads(line) for line in audit.read_text().splitlines()] if audit.exists() else []
     assert not found, f"{stem}: figures hard to read at the book's size:\n" + "\n".join(
         f"{f['figure']}: {'; '.join(f['problems'])}" for f in found)

@@ -70,7 +70,7 @@ def test_side_run_rows_and_sentences_follow_the_numbers():
 
     def result(lid_au, gm_au, lid_acc, gm_acc):
         return SimpleNamespace(metrics={
-            "lidgmvae": {"AU_y": leaf(lid_au), "acc_hungarian": leaf(lid_acc), "prior_min_pairwise_kl": leaf([0.5] * 3)},
+            "lidgmvae": {"AU_y": leaf(lid_au), "acc_hungarian": leaf(lid_acc), "prior_min_pairwise_kl": leaf([0.5, 2.0, 3.0])},
             "gmvae": {"AU_y": leaf(gm_au), "acc_hungarian": leaf(gm_acc)}})
 
     rows = side.side_run_rows({"cpu_prior_r1": result([0, 5, 0], [0, 0, 0], [0.2, 0.9, 0.2], [0.3, 0.3, 0.3]),
@@ -83,3 +83,5 @@ def test_side_run_rows_and_sentences_follow_the_numbers():
     assert rows["cpu_fixed_prior"]["gmvae_better"] == 1 and rows["cpu_fixed_prior"]["gmvae_collapsed"] == 2
     text = side.side_run_sentences(rows)
     assert "collapsed on 2 of 3 seeds" in text[0] and "from 2 to 0 of 3 and raised its mean accuracy" in text[-1]
+    same = side.side_run_sentences({**rows, "cpu_prior_r1": {**rows["cpu_prior_r1"], "lid_collapsed": 0}})
+    assert "left the LIDGMVAE's collapsed seeds at 0 of 3" in same[-1]
