@@ -126,11 +126,37 @@ def plot_learning_curves(curves: dict, ax=None, ylabel: str = "validation −ELB
     return ax
 
 
+def legend_below(fig, axes=None, ncol: int | None = None, fontsize: float = 8, **kwargs):
+    """One legend for ``fig`` below its panels, never over data: the entries of ``axes`` (default all; a label is
+    listed once), their own legends removed, the panels laid out above it (``tight_layout``). Returns the legend."""
+    import numpy as np
+
+    axes = list(np.ravel(axes)) if axes is not None else list(fig.axes)
+    handles, labels = [], []
+    for ax in axes:
+        for handle, label in zip(*ax.get_legend_handles_labels()):
+            if label not in labels and not label.startswith("_"):
+                handles.append(handle)
+                labels.append(label)
+        if ax.get_legend() is not None:
+            ax.get_legend().remove()
+    from matplotlib.layout_engine import ConstrainedLayoutEngine
+
+    kwargs = dict(ncol=ncol or min(len(labels), 3), fontsize=fontsize, frameon=False, **kwargs)
+    if isinstance(fig.get_layout_engine(), ConstrainedLayoutEngine):     # the engine makes room for it
+        return fig.legend(handles, labels, loc="outside lower center", **kwargs)
+    legend = fig.legend(handles, labels, loc="lower center", **kwargs)
+    fig.canvas.draw()
+    height = legend.get_window_extent(fig.canvas.get_renderer()).height / fig.bbox.height
+    fig.tight_layout(rect=(0, height + 0.01, 1, 1))
+    return legend
+
+
 # ------------------------------------------------------------------------------------------- figure audit
-#: The environment variable naming a JSON-lines file: when set, every figure rendered in this process is audited by
-#: :func:`figure_problems` first and its problems appended there (``tests/test_determinism.py`` sets it for its
-#: chapter runs; the reader never sees it).
 AUDIT_ENV = "LIDVAE_FIGURE_AUDIT"
+"""Name of the environment variable that, when set to a file path, makes every figure rendered in this process be
+audited by :func:`figure_problems` first, its problems appended to that file as JSON lines
+(``tests/test_determinism.py`` sets it for its chapter runs; a reader never sees it)."""
 MIN_TICK_LABELS = 3
 """Fewest tick labels a numeric axis may show (one or two labels give no scale to read)."""
 
@@ -139,14 +165,14 @@ def figure_problems(fig) -> list[str]:
     """What would make ``fig`` hard to read at the book's size, as sentences (empty: none found). Three classes:
 
     * **overlapping titles**: two axes titles (or a title and the figure's suptitle) whose drawn boxes intersect;
-    * **an unreadable scale**: a numeric axis (linear, log or symlog, not categories or fixed labels) that shows one
-      or two tick labels within its limits (fewer than :data:`MIN_TICK_LABELS`; an axis with none is taken as
-      deliberately bare);
+    * **an unreadable scale**: a numeric axis that shows fewer than :data:`MIN_TICK_LABELS` tick labels within its
+      limits (a log or symlog axis: fewer than 2, since two labelled decades fix its scale). Categories, ticks
+      placed by hand (``set_xticks``) and an axis with no labels at all (deliberately bare) are not counted;
     * **a legend over data**: a legend whose box covers a plotted point (line vertices, scatter offsets, bar tops).
 
     Checks only what a test can tell from the figure's artists; it draws the figure once (to lay out the text).
     """
-    from matplotlib.ticker import LogFormatter, ScalarFormatter
+    from matplotlib.ticker import FixedLocator, LogFormatter, ScalarFormatter
 
     fig.canvas.draw()
     renderer = fig.canvas.get_renderer()
@@ -163,12 +189,15 @@ def figure_problems(fig) -> list[str]:
         if not ax.get_visible() or not ax.axison:
             continue
         for name, axis in (("x", ax.xaxis), ("y", ax.yaxis)):
-            if not isinstance(axis.get_major_formatter(), (ScalarFormatter, LogFormatter)):
+            if (not isinstance(axis.get_major_formatter(), (ScalarFormatter, LogFormatter))
+                    or isinstance(axis.get_major_locator(), FixedLocator)):
                 continue
             lo, hi = sorted(getattr(ax, f"get_{name}lim")())
-            shown = [t for t, v in zip(axis.get_ticklabels(), axis.get_ticklocs())
-                     if t.get_visible() and t.get_text().strip() and lo <= v <= hi]
-            if 0 < len(shown) < MIN_TICK_LABELS:
+            labelled = [*zip(axis.get_ticklabels(), axis.get_ticklocs()),              # log axes label minor ticks
+                        *zip(axis.get_ticklabels(minor=True), axis.get_minorticklocs())]
+            shown = [t for t, v in labelled if t.get_visible() and t.get_text().strip() and lo <= v <= hi]
+            least = 2 if axis.get_scale() in ("log", "symlog") else MIN_TICK_LABELS
+            if 0 < len(shown) < least:
                 problems.append(f"{name} axis of '{ax.get_title() or ax.get_ylabel()}' shows {len(shown)} tick "
                                 f"label(s): {[t.get_text() for t in shown]}")
     for legend in [ax.get_legend() for ax in fig.axes] + list(fig.legends):

@@ -42,7 +42,7 @@ from scipy import optimize, stats
 from scipy.special import expit, logit
 
 from .._checks import as_float_array, check_choice, check_int, check_positive
-from ..plotting import figsize
+from ..plotting import figsize, legend_below
 
 DATASETS = ("single", "overlap", "nonoverlap")
 """Names of the three datasets of Figure 4."""
@@ -925,10 +925,9 @@ def plot_alpha_histograms(draws: dict, prior=PRIOR, title: str | None = None, ax
         ax.set_title(name)
         ax.set_xlabel(r"$\alpha$")
     axes[0].set_ylabel("density")
-    axes[0].legend(fontsize=8)
     if title:
         fig.suptitle(title)
-    fig.tight_layout()
+    legend_below(fig, axes[:1], ncol=2)
     return fig
 
 
@@ -952,14 +951,14 @@ def plot_alpha_cdfs(posteriors: dict, title: str | None = None, axes=None):
         first = next(iter(posteriors[name].values()))
         ax.plot(first.grid, first.prior_cdf, color="k", lw=1.2, ls=":", zorder=5,   # on top: visible under a match
                 label=f"prior Beta({first.prior[0]:g}, {first.prior[1]:g})")
+        ks = []
         for k, (label, post) in enumerate(posteriors[name].items()):
-            s = post.summary()
-            ax.plot(post.grid, post.cdf, color=f"C{k}", lw=2.5 - k, ls=("-", "--", ":")[k % 3],
-                    label=f"{label}: KS {s['ks']:.2f}")
-        ax.set(xlim=(0, 1), ylim=(-0.02, 1.02), title=name, xlabel=r"$\alpha$")
-        ax.legend(fontsize=8, loc="upper left")
+            ks.append(f"{ {'selected': 'sel.', 'strict ML': 'ML'}.get(label, label)} {post.summary()['ks']:.2f}")
+            ax.plot(post.grid, post.cdf, color=f"C{k}", lw=2.5 - k, ls=("-", "--", ":")[k % 3], label=label)
+        ax.set(xlim=(0, 1), ylim=(-0.02, 1.02), xlabel=r"$\alpha$")
+        ax.set_title(f"{name}\nKS: " + ", ".join(ks), fontsize=9)
     axes[0].set_ylabel("CDF")
     if title:
         fig.suptitle(title)
-    fig.tight_layout()
+    legend_below(fig, axes)
     return fig

@@ -32,7 +32,7 @@ from scipy import optimize, special, stats
 
 from .._checks import as_float_array, check_int, check_positive
 from .collapse import check_probabilities
-from ..plotting import figsize
+from ..plotting import figsize, legend_below
 
 #: Half-width of the quadrature grid, in prior standard deviations beyond the outermost component means.
 GRID_WIDTH_SD = 10.0
@@ -428,12 +428,13 @@ def plot_latent_posteriors(models, x_few, grid_size: int = 20001, labels=None):
             mean = np.sum(p * grid) * h
             keep = np.abs(grid - mean) <= 6 * np.sqrt(np.sum(p * (grid - mean) ** 2) * h)
             for k in range(model.K):
-                ax.plot(grid[keep], dens[c, keep, k], ls="-" if k == 0 else "--", lw=1.5,
-                        label=f"y = {k + 1}: mass {dens[c, :, k].sum() * h:.3f}")
-            ax.legend(fontsize=7.5)
+                ax.plot(grid[keep], dens[c, keep, k], ls="-" if k == 0 else "--", lw=1.5, label=f"y = {k + 1}")
+            ax.set_xlabel("mass " + ", ".join(f"y={k + 1}: {dens[c, :, k].sum() * h:.3f}" for k in range(model.K)),
+                          fontsize=7.5)
             ax.locator_params(axis="x", nbins=5)
             if c == 0:
                 ax.set_ylabel((labels or [m.name for m in models])[r], fontsize=9)
             if r == 0:
                 ax.set_title(f"x = ({x_few[c, 0]:.2f}, {x_few[c, 1]:.2f})", fontsize=9)
+    legend_below(fig, axes[0, 0], ncol=model.K)
     return fig

@@ -41,7 +41,7 @@ from typing import NamedTuple
 import numpy as np
 
 from .._checks import as_float_array, check_choice, check_int, check_positive
-from ..plotting import TEXT_WIDTH, figsize
+from ..plotting import TEXT_WIDTH, figsize, legend_below
 
 DATASETS = {"oned": ("oned_ppca", 1), "twod": ("twod_ppca", 2)}
 """``{name: (official dataset, true latent dimension)}``; both are fitted with ``M = 2``."""
@@ -708,7 +708,7 @@ def plot_z_histograms(draws, exact_means, exact_sds, sigmas, dim_labels=("$z_1$"
                     ax.set_title(f"$\\sigma$ = {sigmas[s]:g}")
                 if s == 0:
                     ax.set_ylabel(f"{row_labels[r]} {dim_labels[k]}".strip())
-    axes[0, -1].legend(fontsize=8, loc="upper right")
+    legend_below(fig, axes[0, -1])
     return fig
 
 
@@ -774,7 +774,7 @@ def plot_chain_histograms(z_raw, z_aligned, exact_mean, exact_sd, title: str = "
                     "k-", lw=1, label="exact (W fixed)")
             ax.plot(t, np.exp(-0.5 * t ** 2) / np.sqrt(2 * np.pi), "k--", lw=1, label="prior")
             ax.set(title=f"{label} $z_{k + 1}$", yticks=[])
-    axes[0, -1].legend(fontsize=8)
     if title:
         fig.suptitle(title)
+    legend_below(fig, axes[0, -1])
     return fig

@@ -281,7 +281,7 @@ def plot_remedy_traces(curves: dict, axes=None):
         ax.set_xlabel("epoch (0: initialisation)")
         ax.set_title(title)
     axes[2].set_yscale("log")
-    axes[0].legend(fontsize="small")
+    plotting.legend_below(axes[0].figure, axes[0])
     return axes
 
 

@@ -775,7 +775,7 @@ class AggressiveMethod(Method):
     """The aggressive phase of :func:`fit_aggressive` for :func:`~lidvae_mini.models.loop.train_loop`: for every
     minibatch of a seeded permutation, the encoder's inner loop (:func:`encoder_inner_loop`, encoder-only Adam steps
     on fresh random minibatches) and then one decoder-only step, gradients clipped over all parameters; after the
-    epoch the validation metrics and MI, and the phase ends (:meth:`done`) once the MI has not exceeded its best
+    epoch the validation metrics and MI, and the phase ends (``done()``) once the MI has not exceeded its best
     value for ``mi_patience`` consecutive epochs."""
 
     keys = HISTORY_KEYS + AGGRESSIVE_KEYS
