@@ -913,6 +913,7 @@ def plot_alpha_histograms(draws: dict, prior=PRIOR, title: str | None = None, ax
         The matplotlib figure.
     """
     names = list(draws)
+    own = axes is None                  # a figure of its own gets its legend; given axes, the caller lays out
     fig, axes = _panel_row(len(names), 3.1, axes)
     grid = np.linspace(0, 1, 401)
     pdf = stats.beta(*prior).pdf(grid)
@@ -927,7 +928,8 @@ def plot_alpha_histograms(draws: dict, prior=PRIOR, title: str | None = None, ax
     axes[0].set_ylabel("density")
     if title:
         fig.suptitle(title)
-    legend_below(fig, axes[:1], ncol=2)
+    if own:
+        legend_below(fig, axes[:1], ncol=2)
     return fig
 
 
@@ -946,6 +948,7 @@ def plot_alpha_cdfs(posteriors: dict, title: str | None = None, axes=None):
         The matplotlib figure.
     """
     names = list(posteriors)
+    own = axes is None                  # a figure of its own gets its legend; given axes, the caller lays out
     fig, axes = _panel_row(len(names), 3.3, axes)
     for ax, name in zip(axes, names):
         first = next(iter(posteriors[name].values()))
@@ -960,5 +963,6 @@ def plot_alpha_cdfs(posteriors: dict, title: str | None = None, axes=None):
     axes[0].set_ylabel("CDF")
     if title:
         fig.suptitle(title)
-    legend_below(fig, axes)
+    if own:
+        legend_below(fig, axes)
     return fig
