@@ -53,6 +53,21 @@ def test_visible_code_is_the_lines_that_carry_the_idea(md):
 
 
 @pytest.mark.parametrize("md", CHAPTERS, ids=IDS)
+def test_metrics_are_saved_not_printed(md):
+    """Issue 21: what ``metrics.json`` holds is saved, not dumped on the page: the cell that saves it ends with the
+    ``save_metrics`` call and shows no input."""
+    import ast
+
+    cells = [c for c in jupytext.read(md).cells if c.cell_type == "code" and "save_metrics(" in c.source
+             and "import" not in c.source.split("save_metrics(")[0].splitlines()[-1]]
+    for cell in cells:
+        last = ast.parse(cell.source).body[-1]
+        assert isinstance(last, ast.Expr) and isinstance(last.value, ast.Call) \
+            and getattr(last.value.func, "id", None) == "save_metrics", f"{md.name}: the metrics cell ends with a dump"
+        assert HIDDEN & set(cell.metadata.get("tags", [])), f"{md.name}: the metrics cell shows its input"
+
+
+@pytest.mark.parametrize("md", CHAPTERS, ids=IDS)
 def test_exactly_one_parameters_cell_with_out_dir(md):
     nb = jupytext.read(md)
     params = [c for c in nb.cells if "parameters" in c.metadata.get("tags", [])]

@@ -1,5 +1,5 @@
 """Sequential VAEs for text: LSTM encoder, the sequential VAE decoder (He et al. 2019) and the LIDSVAE decoder
-(paper Example 2; supplement Eqs. 14-20), one ELBO, a seeded training loop and the text metrics.
+(paper Example 2; supplement Eqs. 14-20), one ELBO, their training and the text metrics.
 
 Sentences are ``(B, T)`` LongTensors ``<s> w_1 ... w_n </s>`` of equal length (see
 :func:`lidvae_mini.data.text.length_batches`); the decoders predict tokens ``1..T-1`` from tokens ``0..T-2``
@@ -14,9 +14,10 @@ injective (strongly monotone Brenier maps, a ``beta_2`` of full rank: the paper'
 :class:`~lidvae_mini.models.decoders.FullRankLift`), so ``z -> p(x_t | z, x_<t)`` is injective for every history. ``construction="naive"`` (``V`` free logits, as the official code) is kept to show the gap:
 :class:`QuadraticBrenierMap` gives a valid Brenier map under which two different ``z`` give the same distribution.
 
-The training loop :func:`fit_text` is separate from :func:`lidvae_mini.models.train.fit`, which takes fixed-size float
-arrays; it keeps ``fit``'s guarantees that matter at ``ci`` scale (explicit seed, clipping over all parameters,
-NaN guard, the epoch of the lowest validation loss kept on request) but has no checkpoint/resume. The text baselines reuse :mod:`lidvae_mini.models.baselines`: SA-VAE through
+:func:`fit_text` trains through the book's one loop (:func:`lidvae_mini.models.loop.train_loop`, as
+:class:`TextMethod`: batches of varying shapes in a seeded order), with its guarantees (explicit seed, checkpoint and
+resume bitwise, the NaN guard, clipping over all parameters, the epoch of the lowest validation loss kept on
+request). The text baselines reuse :mod:`lidvae_mini.models.baselines`: SA-VAE through
 :func:`~lidvae_mini.models.baselines.svi_refine` (:func:`sa_text_loss`), the lagging VAE through
 :func:`~lidvae_mini.models.baselines.encoder_inner_loop` (``fit_text(..., aggressive=True)``).
 """
