@@ -80,3 +80,21 @@ def test_rendered_figures_are_audited_into_the_named_file(tmp_path):
     subprocess.run([sys.executable, "-c", code], env=env, check=True, timeout=120)
     found = [json.loads(line) for line in out.read_text().splitlines()]
     assert len(found) == 1 and found[0]["figure"] == ["bad"] and "legend" in found[0]["problems"][0]
+
+
+@pytest.mark.parametrize("layout", [None, "constrained"])
+def test_legend_below_sits_under_every_panel_and_passes_the_audit(layout):
+    fig, axes = plt.subplots(1, 2, figsize=plotting.figsize(2), layout=layout)
+    t = np.linspace(0, 1, 200)
+    for ax in axes:
+        ax.plot(t, t, label="rising")
+        ax.plot(t, 1 - t, label="falling")
+        ax.legend(loc="center")                       # over the data: what legend_below replaces
+    assert any("legend" in p for p in plotting.figure_problems(fig))
+    legend = plotting.legend_below(fig, axes)
+    assert [t.get_text() for t in legend.get_texts()] == ["rising", "falling"]   # each label once
+    assert all(ax.get_legend() is None for ax in axes)
+    assert plotting.figure_problems(fig) == []
+    renderer = fig.canvas.get_renderer()
+    top = legend.get_window_extent(renderer).y1
+    assert all(top <= ax.get_tightbbox(renderer).y0 + 1 for ax in axes)   # below the panels and their labels
