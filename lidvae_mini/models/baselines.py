@@ -65,7 +65,8 @@ from .encoders import LOGVAR_RANGE, ConditionalRealNVP, GaussianEncoder
 from ..evaluation.metrics import mean_and_standard_error, mutual_information_report
 from .mixture import EXAMPLE1_GAMMA, MixtureVAE, coupling_context_parts, entropy_from_log_probs
 from .loop import BestState, Method, train_loop, update
-from .train import HISTORY_KEYS
+from . import train as T
+from .train import HISTORY_KEYS, _validation_row
 from .vae import VAE
 
 #: Kim et al.'s SVI settings (``train_img.py`` defaults; He et al.'s rerun uses the same lr, momentum and clip).
@@ -728,8 +729,6 @@ def fit_aggressive(model, train_x, valid_x, *, epochs: int = 10, batch_size: int
         TypeError/ValueError: bad data or settings (as :func:`~lidvae_mini.models.train.fit`), no validation data.
         NonFiniteLossError: as :func:`~lidvae_mini.models.train.fit`.
     """
-    from . import train as T
-
     epochs, batch_size = check_int(epochs, "epochs", minimum=0), check_int(batch_size, "batch_size")
     lr, seed = check_positive(lr, "lr"), check_int(seed, "seed", minimum=0)
     check_choice(binarize, "binarize", T.BINARIZE)
@@ -826,14 +825,8 @@ class AggressiveMethod(Method):
                             loss.detach().double() * xb.shape[0]])
 
     def end_epoch(self, epoch: int, sums, guard) -> dict:
-        from .train import _validation_row
-
         n = self.train.shape[0]
-        cuda = [self.device.index or 0] if self.device.type == "cuda" else []
-        row = _validation_row(self.model, self.valid, self.config["seed"] * 100_003 + epoch, self.eval_batch_size,
-                              cuda)
-        if not math.isfinite(row["valid_neg_elbo"]):
-            guard.diverged("validation negative ELBO", row["valid_neg_elbo"])
+        row = _validation_row(self.model, self.valid, self.config["seed"], epoch, self.eval_batch_size, guard)
         mi = float(self.mi_fn(self.model, self.valid.to(self.device)))
         if mi > self.best_mi:
             self.best_mi, self.bad = mi, 0

@@ -33,7 +33,8 @@ from .._checks import check_choice, check_int, check_positive
 from .brenier import BrenierMap
 from ..data.text import BOS, EOS, PAD, UNK
 from .decoders import BETAS, FullRankLift, decoder_variant
-from .loop import Method, NonFiniteLossError, update  # noqa: F401  (NonFiniteLossError: raised by fit_text)
+from .baselines import encoder_inner_loop, gaussian_kl, svi_refine
+from .loop import BestState, Method, NonFiniteLossError, train_loop, update  # noqa: F401  (raised by fit_text)
 from ..evaluation.metrics import (active_units, iwae_log_likelihood, kl_gaussian_standard_per_dim, mutual_information,
                                   mutual_information_report)
 
@@ -423,8 +424,6 @@ def sa_text_loss(model: TextVAE, x: torch.Tensor, svi_steps: int = 10, svi_lr: f
     ``q_K`` and the encoder on ``KL(q_0 || stopgrad(q_K))`` (Kim et al.'s ``train_kl``; the end-to-end variant needs
     double backpropagation through the LSTM and is not used). Metrics of the trained model use the amortised
     encoder."""
-    from .baselines import gaussian_kl, svi_refine
-
     mu0, lv0 = model.encoder(x)
     mu, lv, _ = svi_refine(model, x, mu0.detach(), lv0.detach(), svi_steps, svi_lr, momentum, clip)
     z = mu + (0.5 * lv).exp() * torch.randn_like(mu)
@@ -467,8 +466,6 @@ def fit_text(model: TextVAE, train_batches, valid_batches=None, epochs: int = 5,
             with other settings.
         NonFiniteLossError: a non-finite loss, gradient or parameter.
     """
-    from .loop import BestState, train_loop
-
     epochs = check_int(epochs, "epochs")
     if keep_best and not valid_batches:
         raise ValueError("keep_best needs valid_batches (it keeps the epoch with the lowest validation loss)")
@@ -532,8 +529,6 @@ class TextMethod(Method):
     def step(self, x: torch.Tensor, guard) -> torch.Tensor:
         lagging = self.best_mi is not None
         if lagging:  # the encoder first (on random batches), then the decoder alone
-            from .baselines import encoder_inner_loop
-
             def enc_step():
                 _, xb = self.train[int(self.generators["data_rng"].integers(len(self.train)))]
                 lo, _ = self._update(xb, self.optimizers["encoder_optimizer"], self.enc_params, guard)

@@ -314,22 +314,22 @@ class ELBOMethod(Method):
         neg_elbo, kl, loss_sum = sums.tolist()
         row = {"train_neg_elbo": neg_elbo / n, "train_kl": kl / n, "train_loss": loss_sum / n}
         evaluated = self.valid is not None and (epoch % self.eval_every == 0 or epoch == self.epochs)
-        cuda = [self.device.index or 0] if self.device.type == "cuda" else []
-        row.update(_validation_row(self.model, self.valid if evaluated else None,
-                                   self.config["seed"] * 100_003 + epoch, self.eval_batch_size, cuda))
-        if evaluated and not math.isfinite(row["valid_neg_elbo"]):
-            guard.diverged("validation negative ELBO", row["valid_neg_elbo"])
+        row.update(_validation_row(self.model, self.valid if evaluated else None, self.config["seed"], epoch,
+                                   self.eval_batch_size, guard))
         return row
 
-def _validation_row(model, valid, seed: int, batch_size: int, cuda_devices: list) -> dict:
-    """:func:`fit`'s validation entries of one epoch (``nan`` when ``valid`` is None): :func:`evaluate` under its
-    own seed, in an RNG forked on the CPU and ``cuda_devices`` (the model's) so that the training stream is
-    untouched."""
+def _validation_row(model, valid, seed: int, epoch: int, batch_size: int, guard) -> dict:
+    """The validation entries of epoch ``epoch`` (``nan`` when ``valid`` is None): :func:`evaluate` under the seed
+    ``seed * 100_003 + epoch``, in an RNG forked on the CPU and the model's GPU so that the training stream is
+    untouched. A non-finite negative ELBO is a divergence (``guard.diverged``)."""
     if valid is None:
         return {"valid_neg_elbo": math.nan, "valid_rec": math.nan, "valid_kl": math.nan, "valid_au": math.nan}
-    with torch.random.fork_rng(devices=cuda_devices):
-        torch.manual_seed(seed)
+    device = next(model.parameters()).device
+    with torch.random.fork_rng(devices=[device.index or 0] if device.type == "cuda" else []):
+        torch.manual_seed(seed * 100_003 + epoch)
         ev = evaluate(model, valid, batch_size=batch_size)
+    if not math.isfinite(ev["neg_elbo"]):
+        guard.diverged("validation negative ELBO", ev["neg_elbo"])
     return {"valid_neg_elbo": ev["neg_elbo"], "valid_rec": ev["rec"], "valid_kl": ev["kl"], "valid_au": ev["au"]}
 
 
