@@ -81,7 +81,7 @@ unit: install
 
 # Regenerate every notebook's .ipynb from its MyST .md (keeps cell ids; never the other way round).
 pairs:
-	jupytext --to ipynb --update book/[0-9]*.md book/errata.md
+	jupytext --to ipynb --update book/[0-9]*.md book/errata*.md
 
 clean:
 	jupyter-book clean --all .

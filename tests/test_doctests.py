@@ -17,6 +17,7 @@ EXAMPLES = {
     "lidvae_mini.diagnose": ["diagnose"],
     "lidvae_mini.models.brenier": ["BrenierMap"],
     "lidvae_mini.evaluation.metrics": ["active_units", "kl_gaussian_standard", "cluster_accuracy"],
+    "lidvae_mini.book.tabs": ["tab_set"],
 }
 
 

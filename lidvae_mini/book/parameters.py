@@ -174,6 +174,7 @@ SPECS: dict[str, dict[str, Spec]] = {
                         mnist_alpha=POSITIVE, mnist_icnn_hidden=TWO_WIDTHS, lagging_inner_steps=COUNT,
                         batch_size=COUNT, seed=SEED, data_dir=FOLDER, device=DEVICE, out_dir=FOLDER),
     "errata": dict(seed=SEED, n_points=Asserted(1000), iw_repetitions=Asserted(100), out_dir=FOLDER),
+    "errata_experiments": dict(seed=SEED, out_dir=FOLDER),
 }
 
 
