@@ -33,10 +33,10 @@ WINDOW = (1280, 900)      # the reader's browser window (CSS px): a common lapto
 
 # Run in the page after MathJax typeset it and the images loaded; writes what it measured into <pre id=REPORT>.
 # height: the page's scroll height as a reader first gets it (the first tab of each tab set shown); every check after
-# it sees all tabs. column: the article's content box. equations: the ink of every display equation (mjx-math and its tag) and
-# how far its box or the box's parent scrolls. tables: each table's box, how far its wrapper scrolls, and the
-# number-like cells ("1.00 ± 0.00", "[0.1, 0.2]") whose text runs over more than one line. images: natural and
-# shown width. truncated: outputs that hide values ("..." at the end of a table cell, NumPy's " ... " summary).
+# it sees all tabs. column: the article's content box. equations: the ink of every display equation (mjx-math and its
+# tag) and how far its box or the box's parent scrolls. tables: each table's box, how far its wrapper scrolls, and the
+# number-like cells ("1.00 ± 0.00", "[0.1, 0.2]") whose text runs over more than one line. images: natural and shown
+# width. truncated: outputs that hide values ("..." at the end of a table cell, NumPy's " ... " summary).
 REPORT = "lidvae-layout-report"
 LAYOUT_JS = """
 (async () => {
