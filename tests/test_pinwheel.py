@@ -95,8 +95,7 @@ def test_the_committed_side_runs_back_what_the_index_and_readme_say():
     from lidvae_mini.experiments import pinwheel as side
 
     rows = side.side_run_rows({n: load_result("07_lidgmvae_pinwheel", n) for n in side.SIDE_RUNS})
-    if set(rows) != set(side.SIDE_RUNS):
-        pytest.skip("the committed side runs are not here")
+    assert set(rows) == set(side.SIDE_RUNS), "the committed side runs are part of the repository"
     noise, wide = rows["cpu_fixed_noise"], rows["cpu_prior_wide"]
     assert noise["gmvae_collapsed"] == 0 and noise["gmvae_better"] == noise["seeds"]
     assert wide["lid_collapsed"] >= 1 and wide["lid_prior_kl"] < 0.1
