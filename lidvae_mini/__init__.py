@@ -22,7 +22,8 @@ The book's machinery sits apart, on top of the library:
 =======================  ===================================================================================
 ``book``                 running chapters (``python -m lidvae_mini.book.reproduce``) and sweeps, parameters,
                          provenance, committed results and the results page, generated prose, releases
-``experiments``          the chapters' multi-model experiments: the text rows of chapter 09, the remedies of 08
+``experiments``          the chapters' multi-model experiments: the image tables, ablation and remedies of 08 to
+                         08c, the text rows of chapter 09, the side runs of 07
 =======================  ===================================================================================
 """
 import os as _os

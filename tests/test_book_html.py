@@ -295,8 +295,6 @@ MAX_HEIGHT = 15_000
 TOO_TALL = {
     "03_gmm": "20,618 px: three datasets at three sizes, two posterior settings and the selected-point question",
     "07_lidgmvae_pinwheel": "16,172 px: the chapter's run, four committed side runs and ten committed seeds",
-    "08_images": "30,355 px: six rows on three datasets, a depth sweep, an ablation and five remedies, each at ci "
-                 "and in committed cpu runs; a split into chapters needs the cpu ablation and remedies rerun",
     "09_text": "16,456 px: synthetic, Yahoo and Yelp at ci, committed seeds and a longer Yahoo budget",
 }
 BOOK_PAGES = [p for p in PAGES if not p.startswith("api/")]

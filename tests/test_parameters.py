@@ -44,8 +44,9 @@ def test_the_cell_after_the_parameters_cell_checks_them(chapter):
     namespace: dict = {}
     exec(cells[i].source, namespace)
     exec(source, namespace)          # the defaults pass in the chapter too
-    namespace["seed"] = -1
-    with pytest.raises(ValueError, match=rf"{chapter}: parameter seed=-1: expected an integer"):
+    name, value, expected = ("seed", -1, "an integer") if "seed" in namespace else ("out_dir", 5, "a folder path")
+    namespace[name] = value
+    with pytest.raises(ValueError, match=rf"{chapter}: parameter {name}={value}: expected {expected}"):
         exec(source, namespace)
 
 
@@ -55,6 +56,8 @@ def test_image_names_agree_with_the_package():
     from lidvae_mini.experiments.remedies import REMEDIES
 
     assert parameters.REMEDIES == tuple(REMEDIES)
+    from lidvae_mini.experiments.image_ablation import CELLS
+    assert parameters.ABLATION_CELLS == tuple(CELLS.values())
     from lidvae_mini.experiments.text_methods import TEXT_METHODS
     assert parameters.TEXT_METHODS == TEXT_METHODS
     from lidvae_mini.models.decoders import DECODER_VARIANTS

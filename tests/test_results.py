@@ -219,7 +219,8 @@ def test_failed_runs_are_admitted_only_on_request_and_then_listed(tmp_path):
 
 
 def test_provenance_names_the_seeds_of_a_chosen_parameter():
-    res = load_result("08_images", "cpu_ablation")
-    assert f"seeds {res.params['ablation_seeds']}" in res.provenance(seeds_parameter="ablation_seeds")
+    res = load_result("08_images", "cpu_table_realnvp")
+    assert f"seeds {res.params['seeds']}" in res.provenance(seeds_parameter="seeds")
+    assert "seeds 0;" in res.provenance(seeds_parameter="seed")          # the unused single `seed`
     with pytest.raises(ValueError, match="not a parameter"):
         res.provenance(seeds_parameter="no_such_seeds")

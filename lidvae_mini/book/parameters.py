@@ -105,6 +105,9 @@ DECODER_VARIANTS = ("fixed", "learned", "learned_init")
 #: The remedies of the Example-1 LIDGMVAE's cluster collapse (:data:`lidvae_mini.experiments.remedies.REMEDIES`; repeated here,
 #: checked by tests/test_parameters.py).
 REMEDIES = ("none", "decoder_init", "kl_y_warmup", "aggressive", "learned_beta")
+#: The cells of the images ablation (the values of :data:`lidvae_mini.experiments.image_ablation.CELLS`; repeated here,
+#: checked by tests/test_parameters.py).
+ABLATION_CELLS = ("gmvae", "lidgmvae_learned", "gmvae_example1", "lidgmvae", "lidgmvae_learned_lbeta", "lidgmvae_lbeta")
 MNIST_PIXELS = 784
 
 #: ``{chapter: {parameter name: Spec}}``, every chapter's parameter types and ranges (the one source the CLI and
@@ -145,10 +148,16 @@ SPECS: dict[str, dict[str, Spec]] = {
                       encoder=Choice(*IMAGE_ENCODERS), icnn_width=COUNT, alpha=POSITIVE, svi_steps=COUNT,
                       max_inner_steps=COUNT, check_every=COUNT, iwae_samples=COUNT,
                       sweep_dataset=Choice(*IMAGE_DATASETS), sweep_methods=List(Choice(*IMAGE_METHODS), 1),
-                      depths=List(COUNT), ablation_dataset=Choice(*IMAGE_DATASETS),
-                      ablation_cells=List(Choice(*IMAGE_METHODS)), ablation_seeds=List(SEED, 1, none=True),
-                      remedies=List(Choice(*REMEDIES)), remedy_seeds=List(SEED, 1, none=True),
-                      warmup_epochs=COUNT, seed=SEED, seeds=List(SEED, 1, none=True), data_dir=FOLDER, device=DEVICE, out_dir=FOLDER),
+                      depths=List(COUNT), seed=SEED, seeds=List(SEED, 1, none=True), data_dir=FOLDER, device=DEVICE,
+                      out_dir=FOLDER),
+    "08b_images_cpu": dict(out_dir=FOLDER),
+    "08c_images_ablation": dict(ablation_dataset=Choice(*IMAGE_DATASETS), ablation_cells=List(Choice(*ABLATION_CELLS)),
+                                remedies=List(Choice(*REMEDIES)), warmup_epochs=COUNT, n_train=COUNT, n_valid=COUNT,
+                                n_test=COUNT, epochs=COUNT, batch_size=COUNT, lr=POSITIVE,
+                                latent_dim=Int(1, MNIST_PIXELS), num_clusters=Int(2), depth=COUNT, hidden=WIDTHS,
+                                encoder=Choice(*IMAGE_ENCODERS), icnn_width=COUNT, alpha=POSITIVE,
+                                max_inner_steps=COUNT, check_every=COUNT, iwae_samples=COUNT, seed=SEED,
+                                seeds=List(SEED, 1, none=True), data_dir=FOLDER, device=DEVICE, out_dir=FOLDER),
     "09_text": dict(synth_n_train=Asserted(2000), synth_n_valid=Asserted(300), synth_n_test=Asserted(500),
                     synth_epochs=Asserted(8), methods=List(Choice(*TEXT_METHODS), 1),
                     yahoo_methods=List(Choice(*TEXT_METHODS), 1), keep_best=Spec("bool"), knn_k=COUNT,
@@ -179,9 +188,15 @@ SPECS: dict[str, dict[str, Spec]] = {
 
 
 def _example1_rows(p: dict) -> set:
-    rows = set(p["methods"] if p["datasets"] else ()) | set(p["sweep_methods"] if p["depths"] else ())
-    rows |= {"lidgmvae"} if p["remedies"] else set()           # every remedy is applied to the Example-1 LIDGMVAE
-    return (rows | set(p["ablation_cells"])) & {"lidgmvae", "lidgmvae_lbeta", "gmvae_example1"}
+    """The rows of an images run (08_images or 08c_images_ablation) that have Example 1's prior."""
+    rows = set(p["methods"] if p.get("datasets") else ()) | set(p["sweep_methods"] if p.get("depths") else ())
+    rows |= {"lidgmvae"} if p.get("remedies") else set()       # every remedy is applied to the Example-1 LIDGMVAE
+    return (rows | set(p.get("ablation_cells", ()))) & {"lidgmvae", "lidgmvae_lbeta", "gmvae_example1"}
+
+
+_EXAMPLE1_K = (("num_clusters", "latent_dim"), lambda p: not _example1_rows(p) or p["num_clusters"] <= p["latent_dim"],
+               "num_clusters <= latent_dim for the rows with Example 1's prior (lidgmvae, lidgmvae_lbeta, "
+               "gmvae_example1 and every remedy: the paper's Example 1 needs K >= C)")
 
 
 #: Rules that tie parameters of one chapter together, as ``(names, holds(values) -> bool, what is expected)``.
@@ -200,13 +215,11 @@ RULES: dict[str, list[tuple[tuple[str, ...], object, str]]] = {
                    "'fixed' among mnist_lidvae_variants (the chapter compares every variant with the paper's beta)")],
     "10_avae": [(("kde_size", "n_train"), lambda p: p["kde_size"] < p["n_train"],
                  "kde_size < n_train (the AVAE holds its KDE codes out of the training images)")],
-    "08_images": [(("num_clusters", "latent_dim"), lambda p: not _example1_rows(p) or p["num_clusters"]
-                   <= p["latent_dim"], "num_clusters <= latent_dim for the rows with Example 1's prior "
-                   "(lidgmvae, lidgmvae_lbeta, gmvae_example1 and every remedy: the paper's Example 1 needs "
-                   "K >= C)"),
-                  (("warmup_epochs", "epochs", "remedies"), lambda p: "kl_y_warmup" not in p["remedies"]
-                   or p["warmup_epochs"] < p["epochs"], "warmup_epochs < epochs when the remedies include "
-                   "'kl_y_warmup' (the warm-up must end before training does)")],
+    "08_images": [_EXAMPLE1_K],
+    "08c_images_ablation": [_EXAMPLE1_K,
+                            (("warmup_epochs", "epochs", "remedies"), lambda p: "kl_y_warmup" not in p["remedies"]
+                             or p["warmup_epochs"] < p["epochs"], "warmup_epochs < epochs when the remedies include "
+                             "'kl_y_warmup' (the warm-up must end before training does)")],
 }
 
 

@@ -82,6 +82,8 @@ CHAPTER_DATASETS = {
     "08_images": lambda p: ([(name, "datasets") for name in p["datasets"]]
                             + ([(p["sweep_dataset"], "sweep_dataset")] if p["depths"] and p["sweep_methods"]
                                else [])),
+    "08c_images_ablation": lambda p: [(p["ablation_dataset"], "ablation_dataset")] if p["ablation_cells"] or p["remedies"]
+    else [],
     "10_avae": lambda p: [("mnist", "methods")] if p["methods"] else [],
     "11_diagnose": lambda p: [("mnist", "mnist_models")] if p["mnist_models"] else [],
     "09_text": lambda p: ([("synthetic_text", "its synthetic section")]

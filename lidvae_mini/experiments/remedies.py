@@ -9,7 +9,7 @@ Example 1's (same prior, same injective decoder family, same ELBO at the end):
 - :func:`likelihood_spread`: how much the decoder can tell the clusters apart, ``mean_x std_y log p(x | mu_y)``;
 - :class:`ClusterTrace`: both, before training and after every epoch;
 - :data:`REMEDIES` and :func:`run_remedy`: one training run of the Example-1 LIDGMVAE with one remedy;
-- :func:`remedy_verdicts`: the decision rule, fixed before the runs (book/params/08_images/cpu_remedies.yaml).
+- :func:`remedy_verdicts`: the decision rule, fixed before the runs (book/params/08c_images_ablation/cpu_remedies.yaml).
 
 Source: paper §3 (Example 1, Theorem 1); KL warm-up: Bowman et al. (2016), Sønderby et al. (2016); aggressive
 (lagging-encoder) training: He et al. (2019); the initialisation for mostly-zero inputs: :mod:`lidvae_mini.models.icnn`.
