@@ -99,3 +99,18 @@ def test_the_committed_side_runs_back_what_the_index_and_readme_say():
     noise, wide = rows["cpu_fixed_noise"], rows["cpu_prior_wide"]
     assert noise["gmvae_collapsed"] == 0 and noise["gmvae_better"] == noise["seeds"]
     assert wide["lid_collapsed"] >= 1 and wide["lid_prior_kl"] < 0.1
+
+
+def test_chapter_claims_hold_and_fail_as_stated_for_one_run_and_over_seeds():
+    from lidvae_mini.experiments.pinwheel import chapter_claims
+
+    gmvae = {"AU_y": 0, "acc_hungarian": 0.3, "acc_soft": 0.2, "MI_y": 0.001}
+    lid = {"AU_y": 5, "acc_hungarian": 0.95, "acc_soft": 0.9, "MI_y": 1.2}
+    assert all(chapter_claims(gmvae, lid).values())
+    close = {**lid, "acc_hungarian": 0.45, "MI_y": 0.4}                    # 0.15 above the GMVAE; MI_y too small
+    failed = [c for c, ok in chapter_claims(gmvae, close).items() if not ok]
+    assert failed == ["Hungarian accuracy at least 0.2 higher", "LIDGMVAE's q(y|x) informative (MI_y > 0.5)"]
+    seeds = {k: np.array([v, v]) for k, v in gmvae.items()}
+    over = {k: np.array([lid[k], close[k]]) for k in lid}
+    holds = np.logical_and.reduce(list(chapter_claims(seeds, over).values()))
+    assert holds.tolist() == [True, False]
