@@ -152,10 +152,28 @@ def render(url: str, profile) -> str:
     return subprocess.run(cmd, capture_output=True, text=True, timeout=120, check=True).stdout
 
 
+def untypeset_math(dom: str) -> list[str]:
+    """TeX left as text in a rendered page: ``$...$`` holding a command, ``_`` or ``^``, outside code blocks, inline
+    code, API signatures (``dt``: default values are code) and typeset math (e.g. a cell's Markdown output rendered
+    as CommonMark, which has no math)."""
+    for tag in ("script", "style", "pre", "code", "dt", "mjx-container"):
+        dom = re.sub(rf"<{tag}\b.*?</{tag}>", " ", dom, flags=re.S)
+    text = html.unescape(re.sub(r"<[^>]+>", " ", dom))
+    return re.findall(r"\$[^$\n]*(?:\\[A-Za-z]+|[_^])[^$\n]*\$", text)
+
+
+def test_untypeset_math_is_found():
+    assert untypeset_math("<p>the LIDGMVAE's $q(y \\mid x)$ collapsed</p>") == ["$q(y \\mid x)$"]
+    assert untypeset_math("<p>$K_y$ and <code>$HOME</code></p>") == ["$K_y$"]
+    assert untypeset_math("<p><mjx-container>$\\alpha$</mjx-container> costs $5 or $6</p><pre>$x_1$</pre>") == []
+    assert untypeset_math('<dt class="sig">f(label="$z_1$")</dt><dd>plots $z_1$</dd>') == ["$z_1$"]
+
+
 @pytest.mark.parametrize("page", PAGES)
 def test_page_renders_math_figures_and_no_errors(page, server, tmp_path):
     dom = render(f"{server}/book/{page}.html", tmp_path)
     assert "<article" in dom, f"{page}: no article body"
+    assert not untypeset_math(dom), f"{page}: TeX shown as text: {untypeset_math(dom)[:3]}"
     source = (BOOK / f"{page}.md").read_text()
     prose = re.sub(r"`[^`\n]*`", "", re.sub(r"```.*?```", "", source, flags=re.S))   # shell's $s is not math
     if re.search(r"\$[^$\n]+\$", prose):

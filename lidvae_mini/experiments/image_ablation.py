@@ -28,14 +28,14 @@ __all__ = ["CELLS", "CORE", "ABLATION_KEYS", "RESOLUTION", "FACTORS", "WHAT", "L
            "ablation_effects", "ablation_verdict", "keeps_active", "ablation_findings", "versus", "claim_findings",
            "conclusions"]
 
-#: ``(prior, decoder) -> method``: the six cells of the ablation.
+#: The six cells of the ablation, ``(prior, decoder) -> method``.
 CELLS = {("learned", "mlp"): "gmvae", ("learned", "injective"): "lidgmvae_learned",
          ("example1", "mlp"): "gmvae_example1", ("example1", "injective"): "lidgmvae",
          ("learned", "lbeta"): "lidgmvae_learned_lbeta", ("example1", "lbeta"): "lidgmvae_lbeta"}
 #: The 2 × 2 the findings need (prior × {MLP, fixed-β injective decoder}).
 CORE = ("gmvae", "lidgmvae_learned", "gmvae_example1", "lidgmvae")
-#: Metrics reported per cell (test images): AU_y (fraction of clusters whose q(y=k|x) varies), I_q(x; y) and
-#: KL_y (nats per image), Hungarian accuracy, IWAE log-likelihood (nats per image).
+#: Metrics reported per cell on the test images, in this order, AU_y (fraction of clusters whose q(y=k|x) varies),
+#: I_q(x; y) and KL_y (nats per image), Hungarian accuracy and the IWAE log-likelihood (nats per image).
 ABLATION_KEYS = ("AU_y", "MI_y", "KL_y", "acc_hungarian", "iwae_ll")
 #: The smallest mean paired difference that counts, per metric (the decision rule).
 RESOLUTION = {"AU_y": 0.1, "MI_y": 0.05, "KL_y": 0.05, "acc_hungarian": 0.01, "iwae_ll": 1.0}

@@ -37,7 +37,7 @@ PAPER = {
                  "lagging_vae": (0.5, 3.6, 1.0, -849.4), "beta_vae": (0.7, 5.9, 1.4, -842.6),
                  "lidgmvae": (1.0, 7.5, 1.7, -820.3)},
 }
-#: Images in each dataset's training file (Omniglot: Lake et al.'s background set).
+#: Images in each dataset's training file (for Omniglot, Lake et al.'s background set).
 POOL = {"mnist": 60_000, "fashion_mnist": 60_000, "omniglot": 19_280}
 #: The metrics of a table row, in the order the tables print them.
 KEYS = ("AU", "KL", "MI", "iwae_ll", "acc_hungarian", "acc_majority", "chance")
@@ -47,7 +47,7 @@ NAMES = {"vae": "the VAE", "beta_vae": "the β-GMVAE", "sa_vae": "SA-VAE", "lagg
          "lidgmvae_learned": "the learned-prior LIDGMVAE", "gmvae_example1": "the GMVAE with Example 1's prior",
          "lidgmvae_lbeta": "the Example-1 LIDGMVAE with a learned β",
          "lidgmvae_learned_lbeta": "the learned-prior LIDGMVAE with a learned β"}
-#: The LIDGMVAE row of a table: Example 1, or the learned-prior variant of the official code.
+#: The names the LIDGMVAE row of a table may have, Example 1 or the learned-prior variant of the official code.
 LIDS = ("lidgmvae", "lidgmvae_learned")
 DATASET_LABELS = {"mnist": "MNIST", "fashion_mnist": "Fashion-MNIST", "omniglot": "Omniglot"}
 
