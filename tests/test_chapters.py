@@ -151,3 +151,13 @@ def test_book_build_ignores_what_the_tools_leave_in_the_clone():
              if ".git" not in p.parts and p.with_suffix("").relative_to(ROOT).as_posix() not in toc
              and not matcher(p.relative_to(ROOT).as_posix())]
     assert stray == [], f"markdown files the book build would read but no toc lists: {stray}"
+
+
+def test_the_index_how_to_read_table_links_every_page_of_the_book():
+    """Issue 21 §3: the index's "How to read this book" table lists every chapter and page of the book (the
+    package reference aside), so a page added to the table of contents must be added there too."""
+    index = (BOOK / "index.md").read_text()
+    table = index.split("## How to read this book", 1)[1].split("\n\n", 2)[1]
+    linked = set(re.findall(r"\]\(([\w.]+)\.md\)", table))
+    pages = {f.removeprefix("book/") for f in toc_files()} - {"index"}
+    assert {p for p in pages if not p.startswith("api/")} - linked == set()
