@@ -38,6 +38,7 @@ def test_findings_count_collapsed_rows_and_rank_the_lidgmvae():
 def test_findings_without_mixture_rows_still_describe_the_table():
     rows = {"vae": _row(-100.0, mixture=False), "beta_vae": _row(-101.0, mixture=False)}
     assert not any("collapsed" in b for b in T.findings(rows))
+    assert "**The VAE is the only row**" in T.findings({"vae": _row(-100.0, mixture=False)})[-1]
 
 
 def _sweep(gmvae_acc, lid_acc, sd=None):

@@ -85,6 +85,7 @@ def AssertedWidths(low, min_len=1) -> Spec:                  # noqa: N802
 
 POSITIVE = Float(0, low_open=True)          # a scale, rate or noise sd
 COUNT = Int(1)                              # sizes, epochs, steps, samples
+TWO_POINTS = Int(2)                         # evaluation sets: AU and MI are variances over datapoints
 SEED = Int(0, 2 ** 32 - 1)                  # NumPy's SeedSequence needs a non-negative integer
 FOLDER = Spec("path", none=True)            # out_dir, data_dir
 DEVICE = Spec("device")
@@ -146,7 +147,7 @@ SPECS: dict[str, dict[str, Spec]] = {
                                  device=DEVICE, out_dir=FOLDER),
     "07b_pinwheel_cpu": dict(out_dir=FOLDER),
     "08_images": dict(datasets=List(Choice(*IMAGE_DATASETS)), methods=List(Choice(*IMAGE_METHODS), 1),
-                      n_train=COUNT, n_valid=COUNT, n_test=COUNT, epochs=COUNT, batch_size=COUNT, lr=POSITIVE,
+                      n_train=COUNT, n_valid=TWO_POINTS, n_test=TWO_POINTS, epochs=COUNT, batch_size=COUNT, lr=POSITIVE,
                       latent_dim=Int(1, MNIST_PIXELS), num_clusters=Int(2), depth=COUNT, hidden=WIDTHS,
                       encoder=Choice(*IMAGE_ENCODERS), icnn_width=COUNT, alpha=POSITIVE, svi_steps=COUNT,
                       max_inner_steps=COUNT, check_every=COUNT, iwae_samples=COUNT,
@@ -155,8 +156,8 @@ SPECS: dict[str, dict[str, Spec]] = {
                       out_dir=FOLDER),
     "08b_images_cpu": dict(out_dir=FOLDER),
     "08c_images_ablation": dict(ablation_dataset=Choice(*IMAGE_DATASETS), ablation_cells=List(Choice(*ABLATION_CELLS)),
-                                remedies=List(Choice(*REMEDIES)), warmup_epochs=COUNT, n_train=COUNT, n_valid=COUNT,
-                                n_test=COUNT, epochs=COUNT, batch_size=COUNT, lr=POSITIVE,
+                                remedies=List(Choice(*REMEDIES)), warmup_epochs=COUNT, n_train=COUNT, n_valid=TWO_POINTS,
+                                n_test=TWO_POINTS, epochs=COUNT, batch_size=COUNT, lr=POSITIVE,
                                 latent_dim=Int(1, MNIST_PIXELS), num_clusters=Int(2), depth=COUNT, hidden=WIDTHS,
                                 encoder=Choice(*IMAGE_ENCODERS), icnn_width=COUNT, alpha=POSITIVE,
                                 max_inner_steps=COUNT, check_every=COUNT, iwae_samples=COUNT, seed=SEED,
@@ -223,8 +224,16 @@ RULES: dict[str, list[tuple[tuple[str, ...], object, str]]] = {
                    "'fixed' among mnist_lidvae_variants (the chapter compares every variant with the paper's beta)")],
     "10_avae": [(("kde_size", "n_train"), lambda p: p["kde_size"] < p["n_train"],
                  "kde_size < n_train (the AVAE holds its KDE codes out of the training images)")],
-    "08_images": [_EXAMPLE1_K],
-    "08c_images_ablation": [_EXAMPLE1_K,
+    "08_images": [(("datasets", "depths"), lambda p: bool(p["datasets"] or p["depths"]),
+                   "datasets or depths not empty (with both empty the chapter trains nothing)"),
+                  (("sweep_methods", "depths"), lambda p: not p["depths"] or ("gmvae" in p["sweep_methods"] and any(
+                      m in p["sweep_methods"] for m in ("lidgmvae", "lidgmvae_learned"))),
+                   "'gmvae' and a LIDGMVAE ('lidgmvae' or 'lidgmvae_learned') among sweep_methods when depths is not "
+                   "empty (Figure 1(c, d) compares them)"),
+                  _EXAMPLE1_K],
+    "08c_images_ablation": [(("ablation_cells", "remedies"), lambda p: bool(p["ablation_cells"] or p["remedies"]),
+                             "ablation_cells or remedies not empty (with both empty the chapter trains nothing)"),
+                            _EXAMPLE1_K,
                             (("warmup_epochs", "epochs", "remedies"), lambda p: "kl_y_warmup" not in p["remedies"]
                              or p["warmup_epochs"] < p["epochs"], "warmup_epochs < epochs when the remedies include "
                              "'kl_y_warmup' (the warm-up must end before training does)")],

@@ -180,11 +180,13 @@ def findings(rows: dict, paper: dict | None = None) -> list[str]:
             out[-1] += (" In the paper's table the LIDGMVAE has " + listing(
                 f"{'the highest' if top[c] == 'lidgmvae' else 'not the highest'} {c}" for c in top) + ".")
     kl_top, mi_top = (max(rows, key=lambda m, k=k: rows[m][k]) for k in ("KL", "MI"))
-    out.append(f"**{cap(NAMES[order[0]])} and {NAMES[order[1]]} have the best "
-               f"log-likelihoods** ({_val(rows[order[0]], 'iwae_ll', 1)} and {_val(rows[order[1]], 'iwae_ll', 1)} nats)"
-               + (": the two methods that spend more computation on inference per decoder step (SVI refinement, an "
-                  "encoder inner loop), which closes part of the amortisation gap" if set(order[:2]) == {"sa_vae", "lagging_vae"}
-                  else "") + f". The largest KL is {NAMES[kl_top]}'s ({_val(rows[kl_top], 'KL', 1)} nats), the most MI "
+    lead = (f"**{cap(NAMES[order[0]])} and {NAMES[order[1]]} have the best "
+            f"log-likelihoods** ({_val(rows[order[0]], 'iwae_ll', 1)} and {_val(rows[order[1]], 'iwae_ll', 1)} nats)"
+            + (": the two methods that spend more computation on inference per decoder step (SVI refinement, an "
+               "encoder inner loop), which closes part of the amortisation gap" if set(order[:2]) == {"sa_vae", "lagging_vae"}
+               else "") if len(order) > 1 else
+            f"**{cap(NAMES[order[0]])} is the only row** (log-likelihood {_val(rows[order[0]], 'iwae_ll', 1)} nats)")
+    out.append(lead + f". The largest KL is {NAMES[kl_top]}'s ({_val(rows[kl_top], 'KL', 1)} nats), the most MI "
                f"{NAMES[mi_top]}'s ({_val(rows[mi_top], 'MI', 1)}); MI ≤ KL holds for "
                f"{count_of(sum(rows[m]['MI'] <= rows[m]['KL'] for m in rows), len(rows))} rows.")
     return out
