@@ -99,6 +99,12 @@ def listing(items: Iterable) -> str:
     return ", ".join(items[:-1]) + " and " + items[-1]
 
 
+def cap(text: str) -> str:
+    """``text`` with its first letter capitalised and the rest untouched (unlike ``str.capitalize``), for a sentence
+    that starts with a name (``cap("the GMVAE's ...")`` is ``"The GMVAE's ..."``)."""
+    return text[0].upper() + text[1:]
+
+
 def result_tag(result) -> str:
     """``"results/CHAPTER/SETTING, cpu scale, commit 5d2634b"``: where a number comes from, for a sentence
     that quotes a committed result (:class:`lidvae_mini.book.results.Result`; its ``provenance()`` is the long form).

@@ -20,8 +20,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..book.prose import count_of, fmt, listing, number_word, ordinal, span
-from .image_tables import NAMES, PAPER, cap, family_of, figure1cd, lidgmvae_ranks, rows_of
+from ..book.prose import cap, count_of, fmt, listing, number_word, ordinal, span
+from .image_tables import NAMES, PAPER, family_of, figure1cd, lidgmvae_ranks, rows_of
 from .remedies import MI_Y_GAIN, remedy_verdicts
 
 __all__ = ["CELLS", "CORE", "ABLATION_KEYS", "RESOLUTION", "FACTORS", "WHAT", "LEVEL", "ablation_table",

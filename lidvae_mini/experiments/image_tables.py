@@ -17,11 +17,11 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..book.prose import count_of, fmt, listing, number_word, ordinal, span
+from ..book.prose import cap, count_of, fmt, listing, number_word, ordinal, span
 from ..data.images import fixed_binarization, load_dataset
 from ..models.baselines import run_method
 
-__all__ = ["PAPER", "POOL", "KEYS", "NAMES", "LIDS", "DATASET_LABELS", "cap", "image_splits", "run_rows",
+__all__ = ["PAPER", "POOL", "KEYS", "NAMES", "LIDS", "DATASET_LABELS", "image_splits", "run_rows",
            "summarise", "beside", "findings", "figure1cd", "legacy", "renamed", "rows_of", "family_of", "mean_sd",
            "table_datasets", "lidgmvae_ranks"]
 
@@ -50,11 +50,6 @@ NAMES = {"vae": "the VAE", "beta_vae": "the β-GMVAE", "sa_vae": "SA-VAE", "lagg
 #: The names the LIDGMVAE row of a table may have, Example 1 or the learned-prior variant of the official code.
 LIDS = ("lidgmvae", "lidgmvae_learned")
 DATASET_LABELS = {"mnist": "MNIST", "fashion_mnist": "Fashion-MNIST", "omniglot": "Omniglot"}
-
-
-def cap(text: str) -> str:
-    """``text`` with its first letter capitalised (the rest untouched, unlike ``str.capitalize``)."""
-    return text[0].upper() + text[1:]
 
 
 def _val(r: dict, k: str, digits: int = 2) -> str:
@@ -90,10 +85,11 @@ def run_rows(name: str, rows, depth: int, seeds, *, data_kw: dict, cache: dict |
     cache = {} if cache is None else cache
     out, hists = {m: [] for m in rows}, {}
     for s in seeds:
-        data = image_splits(name, s, **data_kw)
+        missing = [m for m in rows if (name, m, s, depth) not in cache]
+        data = image_splits(name, s, **data_kw) if missing else None       # no data to load when all are cached
+        for m in missing:
+            cache[name, m, s, depth] = run_method(m, data, depth=depth, seed=s, **kw)
         for m in rows:
-            if (name, m, s, depth) not in cache:
-                cache[name, m, s, depth] = run_method(m, data, depth=depth, seed=s, **kw)
             res, hist = cache[name, m, s, depth]
             out[m].append(res)
             hists.setdefault(m, hist)

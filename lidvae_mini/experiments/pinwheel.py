@@ -15,6 +15,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from ..book.prose import cap
+
 #: The supplement's Table 2 on pinwheel ("9-layer generative model", mean over 10 seeds), our method name ->
 #: (the paper's row, AU, KL, MI, LL); which latent its AU, KL and MI refer to is not stated (errata).
 PAPER_TABLE2 = {"gmvae": ("VAE", 0.2, 1.4e-6, 2.0e-3, -6.2), "lidgmvae": ("LIDGMVAE", 1.0, 1.2e-3, 2.2, -6.5)}
@@ -88,7 +90,7 @@ def side_run_sentences(rows: dict) -> list[str]:
     out = []
     for name, r in rows.items():
         n = r["seeds"]
-        out.append(f"{SIDE_RUNS[name][0].upper()}{SIDE_RUNS[name][1:]}: the LIDGMVAE's $q(y \\mid x)$ collapsed on "
+        out.append(f"{cap(SIDE_RUNS[name])}: the LIDGMVAE's $q(y \\mid x)$ collapsed on "
                    f"{r['lid_collapsed']} of {n} seeds (on its worst seed its two closest cluster priors are "
                    f"{r['lid_prior_kl']:.2f} nats apart), the GMVAE's on {r['gmvae_collapsed']} of {n}; mean accuracy "
                    f"{r['lid_acc']:.3f} (LIDGMVAE) and {r['gmvae_acc']:.3f} (GMVAE); the GMVAE clustered better on "
